@@ -1,0 +1,35 @@
+# kegnet-pl: `make demo` and `make test` create and fill the virtualenv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch build this project is tested with; setup.cfg accepts any torch>=2.4,<3.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint teachers clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+demo: venv
+	$(BIN)/python -m kegnet_pl.demo
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check kegnet_pl tests benchmarks scripts
+	$(BIN)/ruff format --check kegnet_pl tests benchmarks scripts
+
+# Retrain the shipped teachers in checkpoints/ and rewrite checkpoints/manifest.json.
+teachers: venv
+	$(BIN)/python scripts/ship_teachers.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

