@@ -17,8 +17,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+# For now: evaluate the shipped LeNet5 teacher on the MNIST subset's held-out test split.
 demo: venv
-	$(BIN)/python -m kegnet_pl.demo
+	$(BIN)/kegnet test --config configs/mnist_subset/teacher.yaml \
+		--model.weights checkpoints/mnist_subset_lenet5.ckpt --trainer.logger false
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
