@@ -11,6 +11,7 @@ Models and DataModules are given by class name in the YAML (``class_path: Teache
 from __future__ import annotations
 
 import sys
+import warnings
 
 from pytorch_lightning import LightningDataModule, LightningModule
 from pytorch_lightning.cli import LightningCLI
@@ -18,6 +19,9 @@ from pytorch_lightning.cli import LightningCLI
 import kegnet_pl.data  # noqa: F401  (registers the DataModules' short names)
 import kegnet_pl.modules  # noqa: F401  (registers the LightningModules' short names)
 from kegnet_pl.errors import KegnetError
+
+# Frozen networks (teacher, trained generators) are in eval mode on purpose.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 class KegnetCLI(LightningCLI):

@@ -102,6 +102,51 @@ def load_state_into(net: nn.Module, state: Mapping[str, torch.Tensor], path: str
     net.load_state_dict(state, strict=True)
 
 
+def load_classifier_and_spec(
+    path: str | Path,
+    arch: str | None = None,
+    input_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    map_location: str | torch.device | None = "cpu",
+    **arch_kwargs: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Like :func:`load_classifier`, and also return the spec that rebuilds the network without the file:
+    ``{'arch', 'input_shape', 'num_classes', 'arch_kwargs'}`` for :func:`kegnet_pl.nets.build_classifier`.
+    """
+    obj = read_checkpoint(path, map_location=map_location)
+    state, hparams = split_checkpoint(obj, path)
+    saved = {key: hparams.get(key) for key in ("arch", "input_shape", "num_classes") if hparams.get(key) is not None}
+    given = {"arch": arch, "input_shape": input_shape, "num_classes": num_classes}
+    for key, value in given.items():
+        if value is None or key not in saved:
+            continue
+        if key == "input_shape":
+            value, saved[key] = tuple(value), tuple(saved[key])
+        if value != saved[key]:
+            raise CheckpointError(
+                f"{str(path)!r} holds a classifier with {key}={saved[key]!r}, but {key}={value!r} was asked for; "
+                f"remove the {key} setting or use a checkpoint of that {key}"
+            )
+    config = {key: value if value is not None else saved.get(key) for key, value in given.items()}
+    absent = [key for key, value in config.items() if value is None]
+    if absent:
+        raise CheckpointError(
+            f"{str(path)!r} does not say its {', '.join(absent)}; give them (for example arch='lenet5', "
+            "input_shape=(1, 32, 32), num_classes=10)"
+        )
+    spec = {
+        "arch": config["arch"],
+        "input_shape": tuple(int(size) for size in config["input_shape"]),
+        "num_classes": int(config["num_classes"]),
+        "arch_kwargs": {**dict(hparams.get("arch_kwargs") or {}), **arch_kwargs},
+    }
+    net = build_classifier(spec["arch"], spec["input_shape"], spec["num_classes"], **spec["arch_kwargs"])
+    load_state_into(net, state, path, spec["arch"])
+    if map_location is not None:
+        net = net.to(map_location)
+    return net.eval(), spec
+
+
 def load_classifier(
     path: str | Path,
     arch: str | None = None,
@@ -115,32 +160,8 @@ def load_classifier(
     A kegnet_pl checkpoint carries its architecture; for the other formats ``arch``, ``input_shape`` and
     ``num_classes`` must be given. Values given here that disagree with a checkpoint's own raise an error.
     """
-    obj = read_checkpoint(path, map_location=map_location)
-    state, hparams = split_checkpoint(obj, path)
-    saved = {key: hparams.get(key) for key in ("arch", "input_shape", "num_classes") if hparams.get(key) is not None}
-    given = {"arch": arch, "input_shape": input_shape, "num_classes": num_classes}
-    for key, value in given.items():
-        if value is None or key not in saved:
-            continue
-        same = tuple(value) == tuple(saved[key]) if key == "input_shape" else value == saved[key]
-        if not same:
-            raise CheckpointError(
-                f"{str(path)!r} holds a classifier with {key}={saved[key]!r}, but {key}={value!r} was asked for; "
-                f"remove the {key} setting or use a checkpoint of that {key}"
-            )
-    config = {key: value if value is not None else saved.get(key) for key, value in given.items()}
-    absent = [key for key, value in config.items() if value is None]
-    if absent:
-        raise CheckpointError(
-            f"{str(path)!r} does not say its {', '.join(absent)}; give them (for example arch='lenet5', "
-            "input_shape=(1, 32, 32), num_classes=10)"
-        )
-    kwargs = {**dict(hparams.get("arch_kwargs") or {}), **arch_kwargs}
-    net = build_classifier(config["arch"], config["input_shape"], config["num_classes"], **kwargs)
-    load_state_into(net, state, path, config["arch"])
-    if map_location is not None:
-        net = net.to(map_location)
-    return net.eval()
+    net, _ = load_classifier_and_spec(path, arch, input_shape, num_classes, map_location, **arch_kwargs)
+    return net
 
 
 def save_classifier(net: nn.Module, path: str | Path, arch: str, arch_kwargs: Mapping[str, Any] | None = None) -> Path:

@@ -1,5 +1,6 @@
 """The LightningModules: one per stage of KegNet."""
 
+from kegnet_pl.modules.generator import GeneratorModule
 from kegnet_pl.modules.teacher import TeacherModule
 
-__all__ = ["TeacherModule"]
+__all__ = ["GeneratorModule", "TeacherModule"]

@@ -1,6 +1,7 @@
 """Plain ``torch.nn`` networks: no Lightning in here."""
 
 from kegnet_pl.nets.classifiers import MLP, LeNet5, ResNet14
+from kegnet_pl.nets.frozen import Frozen
 from kegnet_pl.nets.registry import build_classifier, classifier_names, register_classifier
 
-__all__ = ["MLP", "LeNet5", "ResNet14", "build_classifier", "classifier_names", "register_classifier"]
+__all__ = ["Frozen", "MLP", "LeNet5", "ResNet14", "build_classifier", "classifier_names", "register_classifier"]

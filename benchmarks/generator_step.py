@@ -1,0 +1,240 @@
+"""How much the sorted-prefix-sum diversity loss saves in a KegNet generator step (Yoo et al., NeurIPS 2019).
+
+Measures on the CPU, our :func:`kegnet_pl.losses.diversity_loss` against the released code's broadcast formula
+(:func:`kegnet_pl.losses.naive_diversity_loss`):
+
+(a) the diversity loss alone, forward and backward, on 256 samples of 1x32x32 with 10-d noise;
+(b) one whole generator training step (MNIST setting with beta = 1: one-hot y uniform over 10 classes,
+    z ~ N(0, I), ImageGenerator (1, 32, 32), frozen LeNet5 teacher in eval mode, Decoder with 1 extra layer,
+    loss = l_cls + alpha * l_dec + beta * l_div with alpha = beta = 1, one Adam step over the generator and
+    decoder parameters), for 1 generator and for 5 independent generator-decoder pairs (each with its own batch,
+    backward per pair, one optimiser step), and for reference 1 generator without the diversity term;
+(c) the peak memory of one such step: each configuration runs in a fresh subprocess that reports its peak
+    resident set size during the step (``VmHWM``, reset just before) minus its resident size before the step.
+
+Timings interleave the configurations repeat by repeat and report the best (and the median) of ``--repeats``, so a
+busy machine affects all of them alike. The last line holds the summary as key=value pairs:
+``diversity_speedup`` and ``step_speedup`` (naive time over ours, 1 generator), ``five_generator_cost`` (our
+5-generator step over our 1-generator step) and ``peak_memory_ratio`` (naive peak over ours, 1 generator).
+
+Usage: ``python benchmarks/generator_step.py --batch-size 256 --repeats 5 --threads 2``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from kegnet_pl.losses import classification_loss, decoder_loss, diversity_loss, naive_diversity_loss
+from kegnet_pl.nets.classifiers import LeNet5
+from kegnet_pl.nets.generators import Decoder, ImageGenerator
+
+SHAPE = (1, 32, 32)  # MNIST resized to 32x32, the LeNet5 teacher's input
+NUM_CLASSES = 10
+NOISE_DIM = 10  # the paper's noise size
+ALPHA, BETA = 1.0, 1.0  # SVHN's weights; beta = 1 so that the diversity term is in the step
+DIVERSITY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None] = {
+    "ours": diversity_loss,
+    "naive": naive_diversity_loss,
+    "none": None,  # the step without the diversity term, for reference
+}
+
+
+def make_step(generators: int, loss: str, batch_size: int, seed: int = 0) -> Callable[[], float]:
+    """Build ``generators`` generator-decoder pairs, a frozen teacher and an optimiser; return one training step."""
+    torch.manual_seed(seed)
+    teacher = LeNet5(SHAPE, NUM_CLASSES).eval().requires_grad_(False)
+    pairs = [
+        (ImageGenerator(NUM_CLASSES, NOISE_DIM, SHAPE), Decoder(SHAPE, NOISE_DIM, extra_layers=1))
+        for _ in range(generators)
+    ]
+    params = [p for pair in pairs for net in pair for p in net.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    diversity = DIVERSITY[loss]
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for generator, decoder in pairs:
+            y = F.one_hot(torch.randint(NUM_CLASSES, (batch_size,)), NUM_CLASSES).float()
+            z = torch.randn(batch_size, NOISE_DIM)
+            x = generator(y, z)
+            value = classification_loss(teacher(x), y) + ALPHA * decoder_loss(decoder(x), z)
+            if diversity is not None:
+                value = value + BETA * diversity(x, z)
+            value.backward()  # per pair, so that one pair's graph is freed before the next is built
+            total += value.item()
+        optimizer.step()
+        return total
+
+    return step
+
+
+def make_diversity_call(loss: str, batch_size: int, seed: int = 0) -> Callable[[], float]:
+    """Return one forward and backward pass of a diversity loss on generator-sized samples."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, *SHAPE, generator=generator)
+    z = torch.randn(batch_size, NOISE_DIM, generator=generator)
+    diversity = DIVERSITY[loss]
+    assert diversity is not None
+
+    def call() -> float:
+        leaf = x.clone().requires_grad_(True)
+        value = diversity(leaf, z)
+        value.backward()
+        return value.item()
+
+    return call
+
+
+def time_interleaved(calls: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Run every call once to warm up, then ``repeats`` rounds of each in turn; seconds per call."""
+    for call in calls.values():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def memory_probe(generators: int, loss: str, batch_size: int) -> dict[str, float]:
+    """In this fresh process: the peak resident memory of one step above the resident memory just before it.
+
+    A tiny step first initialises what every step shares (autograd, kernels); then the peak is reset by writing
+    5 to ``/proc/self/clear_refs`` and read back as ``VmHWM``. ``ru_maxrss`` would not do: a child created by
+    ``fork`` inherits its parent's maximum, so a large parent would hide the child's own peak.
+    """
+    make_step(generators, loss, batch_size=4)()
+    step = make_step(generators, loss, batch_size)
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        reset = True
+    except OSError:  # without the reset the peak also covers the imports: only an upper bound
+        reset = False
+    before = _status_kib("VmRSS")
+    step()
+    peak = _status_kib("VmHWM")  # the high-water mark since the reset (or since this process started)
+    return {"before_mib": before / 1024, "peak_mib": peak / 1024, "step_mib": (peak - before) / 1024, "reset": reset}
+
+
+def measure_memory(configurations: list[tuple[int, str]], args: argparse.Namespace) -> dict[tuple[int, str], float]:
+    """Peak step memory (MiB) of each ``(generators, loss)``, each in its own fresh process, all at once.
+
+    Running the probes side by side saves time and changes nothing: each process reports its own peak.
+    """
+    processes = {}
+    for generators, loss in configurations:
+        command = [sys.executable, __file__, "--memory-probe", loss, "--generators", str(generators)]
+        command += ["--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+        processes[generators, loss] = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    results = {}
+    for key, process in processes.items():
+        out, _ = process.communicate()
+        if process.returncode:
+            raise RuntimeError(f"the memory probe {key} failed with exit status {process.returncode}")
+        results[key] = json.loads(out.strip().splitlines()[-1])["step_mib"]
+    return results
+
+
+def _row(name: str, times: list[float], reference: list[float] | None = None) -> str:
+    best, median = min(times) * 1e3, statistics.median(times) * 1e3
+    ratio = f"{min(reference) / min(times):8.1f}x" if reference is not None else " " * 9
+    return f"  {name:<34} {best:10.1f} {median:10.1f} {ratio}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=int, default=256, help="samples per generator batch (the paper: 256)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per configuration")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--memory-probe", choices=sorted(DIVERSITY), help=argparse.SUPPRESS)
+    parser.add_argument("--generators", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.generators, args.memory_probe, args.batch_size)))
+        return
+
+    started = time.perf_counter()
+    print(
+        f"KegNet generator step on CPU: batch {args.batch_size}, samples {SHAPE}, noise {NOISE_DIM}, "
+        f"{args.threads} threads, torch {torch.__version__}, best and median of {args.repeats} repeats"
+    )
+    calls = {name: make_diversity_call(name, args.batch_size) for name in ("ours", "naive")}
+    div = time_interleaved(calls, args.repeats)
+    steps = time_interleaved(
+        {
+            "ours x1": make_step(1, "ours", args.batch_size),
+            "naive x1": make_step(1, "naive", args.batch_size),
+            "none x1": make_step(1, "none", args.batch_size),
+            "ours x5": make_step(5, "ours", args.batch_size),
+            "naive x5": make_step(5, "naive", args.batch_size),
+        },
+        args.repeats,
+    )
+    timed = time.perf_counter()
+    header = f"  {'':<34} {'best ms':>10} {'median ms':>10} {'speedup':>9}"
+    print("\n(a) diversity loss, forward + backward")
+    print(header)
+    print(_row("naive (broadcast B x B x features)", div["naive"]))
+    print(_row("ours (sorted prefix sums)", div["ours"], div["naive"]))
+    print("\n(b) generator training step (generate, teacher, decoder, losses, backward, Adam)")
+    print(header)
+    print(_row("1 generator, no diversity term", steps["none x1"]))
+    print(_row("1 generator, naive diversity", steps["naive x1"]))
+    print(_row("1 generator, our diversity", steps["ours x1"], steps["naive x1"]))
+    print(_row("5 generators, naive diversity", steps["naive x5"]))
+    print(_row("5 generators, our diversity", steps["ours x5"], steps["naive x5"]))
+    five_cost = min(steps["ours x5"]) / min(steps["ours x1"])
+    overhead = min(steps["ours x1"]) / min(steps["none x1"])
+    naive_overhead = min(steps["naive x1"]) / min(steps["none x1"])
+    print(f"  5-generator step / 1-generator step (ours): {five_cost:.2f}")
+    print(f"  step with / without the diversity term: ours {overhead:.2f}x, naive {naive_overhead:.2f}x")
+
+    print("\n(c) peak memory of one step above the memory before it (fresh subprocess each, VmHWM)")
+    print(f"  {'':<34} {'naive MiB':>10} {'ours MiB':>10} {'ratio':>9}")
+    configurations = [(generators, loss) for generators in (1, 5) for loss in ("naive", "ours")] + [(1, "none")]
+    memory = measure_memory(configurations, args)
+    ratios = {}
+    for generators in (1, 5):
+        naive, ours = memory[generators, "naive"], memory[generators, "ours"]
+        ratios[generators] = naive / max(ours, 1e-3)
+        name = f"{generators} generator{'s' if generators > 1 else ''}"
+        print(f"  {name:<34} {naive:10.1f} {ours:10.1f} {ratios[generators]:8.1f}x")
+    print(f"  (1 generator without the diversity term: {memory[1, 'none']:.1f} MiB)")
+    finished = time.perf_counter()
+    print(
+        f"\nbenchmark time {finished - started:.1f} s: timings {timed - started:.1f} s, memory {finished - timed:.1f} s"
+    )
+    print(
+        f"diversity_speedup={min(div['naive']) / min(div['ours']):.2f} "
+        f"step_speedup={min(steps['naive x1']) / min(steps['ours x1']):.2f} "
+        f"five_generator_cost={five_cost:.2f} peak_memory_ratio={ratios[1]:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

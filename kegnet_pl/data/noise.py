@@ -1,0 +1,158 @@
+"""The data of the data-free stages: sampled labels and noise vectors, never real data.
+
+Each batch is a pure function of ``(seed, epoch, rank, index)``: every epoch draws fresh noise, every DDP rank
+draws its own, and a run resumed from a checkpoint sees exactly the batches an uninterrupted run would.
+The loader only carries batch indices; the labels and noise are drawn (on the CPU, so the same numbers come
+out on any device) in :meth:`NoiseDataModule.on_before_batch_transfer`, when the trainer's epoch and rank
+are known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import torch
+from pytorch_lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from kegnet_pl.data.base import check_positive
+from kegnet_pl.errors import ConfigError
+
+LabelDistribution = Literal["onehot", "uniform"]
+
+
+def stream_seed(seed: int, epoch: int, rank: int, index: int) -> int:
+    """A 63-bit seed that depends on every one of ``(seed, epoch, rank, index)``."""
+    digest = hashlib.blake2b(f"kegnet/{seed}/{epoch}/{rank}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def sample_labels(
+    n: int, num_classes: int, distribution: LabelDistribution, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``n`` label vectors: uniformly random one-hot classes, or the paper's unnormalised U(0, 1) soft labels."""
+    if distribution == "onehot":
+        classes = torch.randint(num_classes, (n,), generator=generator)
+        return torch.nn.functional.one_hot(classes, num_classes).float()
+    if distribution == "uniform":
+        return torch.rand(n, num_classes, generator=generator)
+    raise ConfigError(f"label distribution must be 'onehot' or 'uniform', got {distribution!r}")
+
+
+def sample_batch(
+    seed: int,
+    epoch: int,
+    rank: int,
+    index: int,
+    streams: int,
+    batch_size: int,
+    num_classes: int,
+    noise_dim: int,
+    distribution: LabelDistribution = "onehot",
+) -> dict[str, torch.Tensor]:
+    """Labels ``(streams, batch_size, num_classes)`` and noise ``(streams, batch_size, noise_dim)`` ~ N(0, I)."""
+    generator = torch.Generator().manual_seed(stream_seed(seed, epoch, rank, index))
+    labels = sample_labels(streams * batch_size, num_classes, distribution, generator)
+    noise = torch.randn(streams * batch_size, noise_dim, generator=generator)
+    return {
+        "labels": labels.view(streams, batch_size, num_classes),
+        "noise": noise.view(streams, batch_size, noise_dim),
+    }
+
+
+class _Indices(Dataset):
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class NoiseDataModule(LightningDataModule):
+    """Batches of sampled ``labels`` and ``noise`` for the generator stage (one stream per generator).
+
+    ``num_classes``, ``noise_dim``, ``streams`` and ``label_distribution`` default to the attached model's
+    (``num_classes``, ``noise_dim``, ``n_generators``, ``label_distribution``), so a config need not repeat them;
+    values given here must agree with the model's.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 256,
+        batches_per_epoch: int = 100,
+        seed: int = 0,
+        num_classes: int | None = None,
+        noise_dim: int | None = None,
+        streams: int | None = None,
+        label_distribution: LabelDistribution | None = None,
+    ) -> None:
+        """
+        Args:
+            batch_size: samples per generator per step, per device (the paper: 256).
+            batches_per_epoch: steps in an epoch, over all devices (the paper's "epoch": 100 batches).
+            seed: seed of the stream; with epoch, rank and batch index it fixes every sample.
+            num_classes: classes of the labels (default: the model's).
+            noise_dim: size of each noise vector (default: the model's; the paper: 10).
+            streams: independent streams per batch, one per generator (default: the model's n_generators).
+            label_distribution: ``onehot`` or ``uniform`` soft labels (default: the model's).
+        """
+        super().__init__()
+        check_positive("batch_size", batch_size, "NoiseDataModule")
+        check_positive("batches_per_epoch", batches_per_epoch, "NoiseDataModule")
+        self.batch_size = batch_size
+        self.batches_per_epoch = batches_per_epoch
+        self.seed = seed
+        self.settings: dict[str, Any] = {
+            "num_classes": num_classes,
+            "noise_dim": noise_dim,
+            "streams": streams,
+            "label_distribution": label_distribution,
+        }
+
+    def setup(self, stage: str | None = None) -> None:
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        from_model = {
+            "num_classes": getattr(model, "num_classes", None),
+            "noise_dim": getattr(model, "noise_dim", None),
+            "streams": getattr(model, "n_generators", None),
+            "label_distribution": getattr(model, "label_distribution", None),
+        }
+        for key, value in self.settings.items():
+            model_value = from_model[key]
+            if value is None:
+                if model_value is None:
+                    raise ConfigError(f"NoiseDataModule: set {key}, or attach a model that defines it")
+                self.settings[key] = model_value
+            elif model_value is not None and value != model_value:
+                raise ConfigError(
+                    f"NoiseDataModule has {key}={value!r} but {type(model).__name__} has {model_value!r}; "
+                    f"remove data.init_args.{key} to use the model's value"
+                )
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Indices(self.batches_per_epoch), batch_size=None, shuffle=False)
+
+    def sample(self, epoch: int, rank: int, index: int) -> dict[str, torch.Tensor]:
+        """The batch at ``(epoch, rank, index)`` of this stream."""
+        settings = self.settings
+        return sample_batch(
+            self.seed,
+            epoch,
+            rank,
+            index,
+            streams=settings["streams"],
+            batch_size=self.batch_size,
+            num_classes=settings["num_classes"],
+            noise_dim=settings["noise_dim"],
+            distribution=settings["label_distribution"],
+        )
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict):  # already sampled
+            return batch
+        trainer = self.trainer
+        return self.sample(trainer.current_epoch, trainer.global_rank, int(batch))

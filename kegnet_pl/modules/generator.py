@@ -1,0 +1,263 @@
+"""GeneratorModule: knowledge extraction (KegNet step 1), with the teacher frozen and no real data at all.
+
+Each of ``n_generators`` generator-decoder pairs learns, from sampled labels y and noise z, samples x = G(y, z)
+that the teacher classifies as y, that the decoder maps back to z, and that differ as z differs:
+
+    loss = l_cls(M(x), y) + alpha * l_dec(D(x), z) + beta * l_div(x, z)          (Yoo et al., NeurIPS 2019)
+
+The pairs start from different initialisations and see independent noise streams; their losses are summed
+into one optimiser step, which trains each pair exactly as if it were trained alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pytorch_lightning import LightningModule
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from kegnet_pl.errors import ConfigError
+from kegnet_pl.loading import load_classifier_and_spec
+from kegnet_pl.losses import classification_loss, decoder_loss, diversity_loss
+from kegnet_pl.nets import Frozen, build_classifier
+from kegnet_pl.nets.generators import Decoder, build_generator
+
+
+def check_teacher_fits(
+    teacher_shape: tuple[int, ...], teacher_classes: int, input_shape: list[int] | None, num_classes: int | None
+) -> None:
+    """A generator config that names a shape or class count must agree with the teacher's."""
+    if num_classes is not None and num_classes != teacher_classes:
+        raise ConfigError(
+            f"the teacher has {teacher_classes} classes but the generator config says num_classes={num_classes}; "
+            "remove num_classes or use a teacher of that class count"
+        )
+    if input_shape is not None and tuple(input_shape) != tuple(teacher_shape):
+        raise ConfigError(
+            f"the teacher takes inputs of shape {tuple(teacher_shape)} but the generator config says "
+            f"input_shape={tuple(input_shape)}; remove input_shape or use a teacher of that input shape"
+        )
+
+
+def load_teacher(
+    teacher: str | None,
+    teacher_arch: str | None,
+    input_shape: list[int] | None,
+    num_classes: int | None,
+    teacher_spec: dict[str, Any] | None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The teacher from its file, or rebuilt from a checkpoint's ``teacher_spec`` (its weights then come from the
+    checkpoint's state dict)."""
+    if teacher is not None:
+        return load_classifier_and_spec(teacher, arch=teacher_arch, input_shape=input_shape, num_classes=num_classes)
+    if teacher_spec:
+        spec = dict(teacher_spec)
+        net = build_classifier(spec["arch"], spec["input_shape"], spec["num_classes"], **spec.get("arch_kwargs", {}))
+        return net.eval(), spec
+    raise ConfigError("GeneratorModule needs a teacher: set model.init_args.teacher to the teacher's weights file")
+
+
+class GeneratorModule(LightningModule):
+    """Trains ``n_generators`` generator-decoder pairs against a frozen teacher (KegNet's knowledge extraction).
+
+    Batches come from :class:`kegnet_pl.data.NoiseDataModule`: ``labels`` of shape (n_generators, B, classes)
+    and ``noise`` of shape (n_generators, B, noise_dim). ``forward(labels, noise, generator=0)`` samples data.
+    Checkpoints hold the teacher too, so a generator checkpoint alone is enough to sample data later.
+    """
+
+    def __init__(
+        self,
+        teacher: str | None = None,
+        teacher_arch: str | None = None,
+        teacher_spec: dict[str, Any] | None = None,
+        n_generators: int = 5,
+        noise_dim: int = 10,
+        alpha: float = 1.0,
+        beta: float = 0.0,
+        decoder_layers: int = 1,
+        lr: float = 1e-3,
+        label_distribution: Literal["onehot", "uniform"] = "onehot",
+        teacher_batchnorm: Literal["eval", "train"] = "eval",
+        num_classes: int | None = None,
+        input_shape: list[int] | None = None,
+        image_every_n_epochs: int = 10,
+        image_columns: int = 8,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            teacher: the trained classifier's weights file (kegnet_pl checkpoint, KegNet ``.pth.tar`` or state dict).
+            teacher_arch: its architecture, when the file does not record it (KegNet files, state dicts).
+            teacher_spec: ``{arch, input_shape, num_classes, arch_kwargs}`` of the teacher, filled in by the
+                module itself so that its checkpoints rebuild the teacher without the file; leave it unset.
+            n_generators: independent generator-decoder pairs trained together (the paper: 5).
+            noise_dim: size of the noise vector z (the paper: 10).
+            alpha: weight of the decoder's reconstruction loss (the paper: 1).
+            beta: weight of the diversity loss (the paper: 0 for MNIST, 10 for Fashion, 1 for SVHN).
+            decoder_layers: extra 120-unit layers of the decoder (the paper: 1 for MNIST, 3 for images, 2 tabular).
+            lr: Adam learning rate of generators and decoders (the paper: 1e-3 MNIST, 1e-2 Fashion/SVHN).
+            label_distribution: ``onehot`` (uniformly random class) or ``uniform`` (unnormalised U(0,1) soft labels).
+            teacher_batchnorm: ``eval`` uses the teacher's running BatchNorm statistics; ``train`` normalises with
+                batch statistics as the authors' code did (the teacher's stored state is never changed).
+            num_classes: the teacher's class count: checked against a file that records it, needed for one that
+                does not (KegNet files, state dicts).
+            input_shape: the teacher's input shape, checked or needed likewise.
+            image_every_n_epochs: log an image grid per generator to TensorBoard every this many epochs (0: never).
+            image_columns: noise vectors per class in the image grid (the first is z = 0).
+            seed: seed of the generators' initialisation (generator g uses ``seed + g``) and of the grid's noise.
+        """
+        super().__init__()
+        for name, value in (("n_generators", n_generators), ("noise_dim", noise_dim), ("lr", lr)):
+            if value <= 0:
+                raise ConfigError(f"GeneratorModule: {name} must be positive, got {value}")
+        for name, value in (("alpha", alpha), ("beta", beta), ("decoder_layers", decoder_layers)):
+            if value < 0:
+                raise ConfigError(f"GeneratorModule: {name} must be >= 0, got {value}")
+        if label_distribution not in ("onehot", "uniform"):
+            raise ConfigError(
+                f"GeneratorModule: label_distribution must be 'onehot' or 'uniform', got {label_distribution!r}"
+            )
+        if teacher_batchnorm not in ("eval", "train"):
+            raise ConfigError(
+                f"GeneratorModule: teacher_batchnorm must be 'eval' or 'train', got {teacher_batchnorm!r}"
+            )
+        net, spec = load_teacher(teacher, teacher_arch, input_shape, num_classes, teacher_spec)
+        check_teacher_fits(spec["input_shape"], spec["num_classes"], input_shape, num_classes)
+        self.save_hyperparameters()
+        self.hparams["teacher_spec"] = spec
+        self.teacher = Frozen(net, batchnorm_train=teacher_batchnorm == "train")
+        self.num_classes = spec["num_classes"]
+        self.input_shape = tuple(spec["input_shape"])
+        self.noise_dim = noise_dim
+        self.n_generators = n_generators
+        self.label_distribution = label_distribution
+        generators, decoders = [], []
+        for g in range(n_generators):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + g)  # a different, reproducible initialisation per pair
+                generators.append(build_generator(self.input_shape, self.num_classes, noise_dim))
+                decoders.append(Decoder(self.input_shape, noise_dim, extra_layers=decoder_layers))
+        self.generators = nn.ModuleList(generators)
+        self.decoders = nn.ModuleList(decoders)
+        self.teacher_acc = nn.ModuleList(
+            MulticlassAccuracy(self.num_classes, average="micro") for _ in range(n_generators)
+        )
+
+    # --- sampling ------------------------------------------------------------------------------------
+    def forward(self, labels: torch.Tensor, noise: torch.Tensor, generator: int = 0) -> torch.Tensor:
+        """Samples of generator ``generator`` for label vectors (B, classes) and noise (B, noise_dim)."""
+        return self.generators[generator](labels, noise)
+
+    # --- training ------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        labels, noise = batch["labels"], batch["noise"]
+        if labels.shape[0] != self.n_generators or labels.shape[-1] != self.num_classes:
+            raise ConfigError(
+                f"noise batches have {labels.shape[0]} streams of {labels.shape[-1]} classes, but the model has "
+                f"{self.n_generators} generators and a teacher of {self.num_classes} classes"
+            )
+        total = torch.zeros((), device=self.device)
+        for g, (generator, decoder) in enumerate(zip(self.generators, self.decoders, strict=True)):
+            y, z = labels[g], noise[g]
+            x = generator(y, z)
+            logits = self.teacher(x)
+            loss_cls = classification_loss(logits, y)
+            loss_dec = decoder_loss(decoder(x), z)
+            if self.hparams.beta > 0:
+                loss_div = diversity_loss(x, z)
+            else:
+                with torch.no_grad():
+                    loss_div = diversity_loss(x, z)
+            loss = loss_cls + self.hparams.alpha * loss_dec + self.hparams.beta * loss_div
+            total = total + loss
+            self.teacher_acc[g](logits, y.argmax(-1))
+            self.log_dict(
+                {
+                    f"train/gen{g}/loss": loss,
+                    f"train/gen{g}/loss_cls": loss_cls,
+                    f"train/gen{g}/loss_dec": loss_dec,
+                    f"train/gen{g}/loss_div": loss_div,
+                    f"train/gen{g}/diversity": -torch.log(loss_div.detach().clamp_min(1e-30)),
+                },
+                on_step=True,
+                on_epoch=True,
+            )
+            self.log(f"train/gen{g}/teacher_acc", self.teacher_acc[g], on_step=False, on_epoch=True)
+        self.log("train/loss", total / self.n_generators, prog_bar=True, on_step=True, on_epoch=True)
+        return total
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in (*self.generators.parameters(), *self.decoders.parameters()) if p.requires_grad]
+        teacher_ids = {id(p) for p in self.teacher.parameters()}
+        assert not teacher_ids & {id(p) for p in params}, "a teacher parameter would be optimised"
+        return torch.optim.Adam(params, lr=self.hparams.lr)
+
+    # --- images --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_grid(self, generator: int, columns: int | None = None) -> torch.Tensor | None:
+        """An image grid (3, H, W) of one generator: a row per class, a column per fixed noise (z = 0 first).
+
+        Drawn in eval mode (BatchNorm uses running statistics and is not updated); the generator's mode is
+        restored afterwards. ``None`` for tabular generators.
+        """
+        from torchvision.utils import make_grid
+
+        if len(self.input_shape) != 3:
+            return None
+        columns = columns or self.hparams.image_columns
+        generator_net = self.generators[generator]
+        noise = torch.randn(columns, self.noise_dim, generator=torch.Generator().manual_seed(self.hparams.seed))
+        noise[0] = 0.0
+        noise = noise.to(self.device).repeat(self.num_classes, 1)
+        labels = torch.eye(self.num_classes, device=self.device).repeat_interleave(columns, 0)
+        was_training = generator_net.training
+        generator_net.eval()
+        try:
+            images = generator_net(labels, noise).float().cpu()
+        finally:
+            generator_net.train(was_training)
+        return make_grid(images, nrow=columns, normalize=True, scale_each=True, pad_value=1.0)
+
+    def _log_images(self) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if not self.trainer.is_global_zero or not hasattr(experiment, "add_image"):
+            return
+        for g in range(self.n_generators):
+            grid = self.sample_grid(g)
+            if grid is not None:
+                experiment.add_image(f"samples/gen{g}", grid, global_step=self.global_step)
+
+    def on_train_epoch_end(self) -> None:
+        every = self.hparams.image_every_n_epochs
+        if every and (self.current_epoch + 1) % every == 0:
+            self._log_images()
+
+    def on_train_end(self) -> None:
+        """Save the final grids as PNG files next to the checkpoints (rank 0 only) and log them."""
+        if not self.trainer.is_global_zero:
+            return
+        self._log_images()
+        callback = self.trainer.checkpoint_callback
+        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
+        if folder is None and self.logger is not None and self.logger.log_dir:
+            folder = Path(self.logger.log_dir)
+        if folder is None:
+            return
+        from torchvision.utils import save_image
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for g in range(self.n_generators):
+            grid = self.sample_grid(g)
+            if grid is not None:
+                save_image(grid, folder / f"samples_gen{g}.png")
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Make the checkpoint self-contained: the teacher is rebuilt from ``teacher_spec`` and the state dict."""
+        hparams = checkpoint.get("hyper_parameters")
+        if hparams is not None:
+            hparams["teacher"] = None
+            hparams["teacher_spec"] = dict(self.hparams.teacher_spec)

@@ -1,0 +1,166 @@
+"""GeneratorModule: frozen teacher, independent generators, resume, DDP noise, TensorBoard and PNG outputs."""
+
+import pytest
+import torch
+import yaml
+from conftest import ROOT
+from PIL import Image
+from pytorch_lightning import Callback, Trainer
+
+from kegnet_pl.cli import main
+from kegnet_pl.data import NoiseDataModule
+from kegnet_pl.errors import CheckpointError, ConfigError
+from kegnet_pl.loading import save_classifier
+from kegnet_pl.modules import GeneratorModule
+from kegnet_pl.nets import ResNet14
+
+TEACHER = str(ROOT / "checkpoints" / "mnist_subset_lenet5.ckpt")
+
+
+def generator_config(tmp_path, **model_args):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 2,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": {"class_path": "TensorBoardLogger", "init_args": {"save_dir": str(tmp_path), "name": "tb"}},
+            "callbacks": [
+                {"class_path": "ModelCheckpoint", "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}
+            ],
+        },
+        "model": {
+            "class_path": "GeneratorModule",
+            "init_args": {"teacher": TEACHER, "n_generators": 2, "beta": 1.0, "image_every_n_epochs": 1, **model_args},
+        },
+        "data": {"class_path": "NoiseDataModule", "init_args": {"batch_size": 16, "batches_per_epoch": 3}},
+    }
+    path = tmp_path / "generator.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def tiny_trainer(tmp_path, **kwargs):
+    defaults = dict(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    return Trainer(**{**defaults, **kwargs})
+
+
+def test_fit_writes_checkpoint_tensorboard_scalars_images_and_png(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    main(["fit", "--config", str(generator_config(tmp_path))])
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    (events,) = (tmp_path / "tb").rglob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for g in (0, 1):
+        assert {f"train/gen{g}/{name}_epoch" for name in ("loss_cls", "loss_dec", "loss_div", "diversity")} <= scalars
+        assert f"train/gen{g}/teacher_acc" in scalars
+    assert {"samples/gen0", "samples/gen1"} <= set(acc.Tags()["images"])
+    png = Image.open(tmp_path / "ckpt" / "samples_gen0.png")
+    assert png.size == (2 + 8 * 34, 2 + 10 * 34)  # 8 noise columns, one row per class of 32x32 images
+
+
+def test_teacher_unchanged_frozen_and_in_chosen_mode(tmp_path):
+    teacher_file = save_classifier(ResNet14((1, 32, 32)), tmp_path / "resnet.ckpt", "resnet14")
+    for mode in ("eval", "train"):
+        model = GeneratorModule(teacher=str(teacher_file), n_generators=1, teacher_batchnorm=mode)
+        before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+        tiny_trainer(tmp_path, max_steps=2).fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=2))
+        after = model.teacher.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), mode  # BatchNorm buffers included
+        assert model.teacher.net.norm1.training == (mode == "train")
+        model.train()
+        assert model.teacher.net.norm1.training == (mode == "train")
+        assert not any(p.requires_grad for p in model.teacher.parameters())
+
+
+def test_optimizer_holds_generators_and_decoders_only():
+    model = GeneratorModule(teacher=TEACHER, n_generators=2)
+    (group,) = model.configure_optimizers().param_groups
+    ids = {id(p) for p in group["params"]}
+    assert ids == {id(p) for p in (*model.generators.parameters(), *model.decoders.parameters())}
+    assert not ids & {id(p) for p in model.teacher.parameters()}
+
+
+def test_generators_start_from_different_reproducible_weights():
+    a = GeneratorModule(teacher=TEACHER, n_generators=2, seed=3)
+    b = GeneratorModule(teacher=TEACHER, n_generators=2, seed=3)
+    w = [next(g.parameters()) for g in a.generators]
+    assert not torch.equal(w[0], w[1])
+    assert torch.equal(w[0], next(b.generators[0].parameters()))
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    straight = tmp_path / "straight"
+    main(["fit", "--config", str(generator_config(straight, image_every_n_epochs=0))])
+    split = tmp_path / "split"
+    config = generator_config(split, image_every_n_epochs=0)
+    main(["fit", "--config", str(config), "--trainer.max_epochs", "1"])
+    main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    a = torch.load(straight / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(split / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
+    assert any(key.startswith("generators.1.") for key in a)
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+
+
+def test_checkpoint_alone_is_enough_to_sample(tmp_path):
+    teacher_file = save_classifier(ResNet14((1, 32, 32)), tmp_path / "t.ckpt", "resnet14")
+    model = GeneratorModule(teacher=str(teacher_file), n_generators=1)
+    trainer = tiny_trainer(tmp_path, max_steps=1)
+    trainer.fit(model, NoiseDataModule(batch_size=4, batches_per_epoch=1))
+    trainer.save_checkpoint(tmp_path / "gen.ckpt")
+    teacher_file.unlink()
+    loaded = GeneratorModule.load_from_checkpoint(tmp_path / "gen.ckpt", weights_only=True).eval()
+    model.eval()
+    y, z = torch.eye(10)[:4], torch.randn(4, 10)
+    assert torch.equal(loaded(y, z), model(y, z))
+    assert torch.equal(loaded.teacher(loaded(y, z)), model.teacher(model(y, z)))
+
+
+def test_teacher_that_does_not_fit_the_generator_config():
+    with pytest.raises(CheckpointError, match=r"holds a classifier with num_classes=10, but num_classes=5 was asked"):
+        GeneratorModule(teacher=TEACHER, num_classes=5)
+    with pytest.raises(CheckpointError, match=r"input_shape=\(1, 32, 32\), but input_shape=\(3, 32, 32\) was asked"):
+        GeneratorModule(teacher=TEACHER, input_shape=[3, 32, 32])
+    spec = {"arch": "lenet5", "input_shape": (1, 32, 32), "num_classes": 10}
+    with pytest.raises(ConfigError, match=r"the teacher has 10 classes but the generator config says num_classes=5"):
+        GeneratorModule(teacher_spec=spec, num_classes=5)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ConfigError, match="n_generators must be positive, got 0"):
+        GeneratorModule(teacher=TEACHER, n_generators=0)
+    with pytest.raises(ConfigError, match="beta must be >= 0, got -1"):
+        GeneratorModule(teacher=TEACHER, beta=-1)
+
+
+class RecordNoise(Callback):
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            torch.save(batch["noise"].cpu(), f"{self.folder}/noise_rank{trainer.global_rank}.pt")
+
+
+def test_ddp_ranks_draw_different_noise(tmp_path):
+    model = GeneratorModule(teacher=TEACHER, n_generators=1)
+    trainer = tiny_trainer(tmp_path, strategy="ddp_spawn", devices=2, max_steps=1, callbacks=[RecordNoise(tmp_path)])
+    trainer.fit(model, NoiseDataModule(batch_size=4, batches_per_epoch=4))
+    rank0, rank1 = (torch.load(tmp_path / f"noise_rank{r}.pt") for r in (0, 1))
+    assert rank0.shape == rank1.shape == (1, 4, 10)
+    assert not torch.allclose(rank0, rank1)
