@@ -20,8 +20,11 @@ import kegnet_pl.data  # noqa: F401  (registers the DataModules' short names)
 import kegnet_pl.modules  # noqa: F401  (registers the LightningModules' short names)
 from kegnet_pl.errors import KegnetError
 
-# Frozen networks (teacher, trained generators) are in eval mode on purpose.
+# Frozen networks (teacher, trained generators) are in eval mode on purpose; the generator stage has no
+# validation (its NoiseDataModule offers held-out batches only when asked to).
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+warnings.filterwarnings("ignore", message=r".*Total length of `list` across ranks is zero.*")
+warnings.filterwarnings("ignore", message=r".*but have no `validation_step`. Skipping val loop.*")
 
 
 class KegnetCLI(LightningCLI):

@@ -39,7 +39,7 @@ def test_uniform_soft_labels_are_unnormalised_in_0_1():
 
 def test_datamodule_settings_must_agree_with_the_model():
     class Model:
-        num_classes, noise_dim, n_generators, label_distribution = 10, 10, 5, "onehot"
+        num_classes, noise_dim, noise_streams, label_distribution = 10, 10, 5, "onehot"
 
     class Trainer:
         lightning_module = Model()

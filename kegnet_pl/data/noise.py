@@ -51,13 +51,15 @@ def sample_batch(
     noise_dim: int,
     distribution: LabelDistribution = "onehot",
 ) -> dict[str, torch.Tensor]:
-    """Labels ``(streams, batch_size, num_classes)`` and noise ``(streams, batch_size, noise_dim)`` ~ N(0, I)."""
+    """Labels ``(streams, batch_size, num_classes)``, noise ``(streams, batch_size, noise_dim)`` ~ N(0, I), and
+    ``seed``: a further seed of this batch, for any other randomness a model needs (the noise baselines)."""
     generator = torch.Generator().manual_seed(stream_seed(seed, epoch, rank, index))
     labels = sample_labels(streams * batch_size, num_classes, distribution, generator)
     noise = torch.randn(streams * batch_size, noise_dim, generator=generator)
     return {
         "labels": labels.view(streams, batch_size, num_classes),
         "noise": noise.view(streams, batch_size, noise_dim),
+        "seed": torch.randint(2**62, (), generator=generator),
     }
 
 
@@ -76,8 +78,13 @@ class NoiseDataModule(LightningDataModule):
     """Batches of sampled ``labels`` and ``noise`` for the generator stage (one stream per generator).
 
     ``num_classes``, ``noise_dim``, ``streams`` and ``label_distribution`` default to the attached model's
-    (``num_classes``, ``noise_dim``, ``n_generators``, ``label_distribution``), so a config need not repeat them;
+    (``num_classes``, ``noise_dim``, ``noise_streams``, ``label_distribution``), so a config need not repeat them;
     values given here must agree with the model's.
+
+    Validation and test batches: ``val_batches`` fixed held-out batches (the same in every epoch, drawn with
+    epoch -1), for data-free figures such as the student's agreement with the teacher, followed by the
+    validation/test split of ``eval_data``, a real DataModule, when one is given. The training split of
+    ``eval_data`` is never used.
     """
 
     def __init__(
@@ -89,6 +96,8 @@ class NoiseDataModule(LightningDataModule):
         noise_dim: int | None = None,
         streams: int | None = None,
         label_distribution: LabelDistribution | None = None,
+        val_batches: int = 0,
+        eval_data: LightningDataModule | None = None,
     ) -> None:
         """
         Args:
@@ -99,12 +108,18 @@ class NoiseDataModule(LightningDataModule):
             noise_dim: size of each noise vector (default: the model's; the paper: 10).
             streams: independent streams per batch, one per generator (default: the model's n_generators).
             label_distribution: ``onehot`` or ``uniform`` soft labels (default: the model's).
+            val_batches: fixed held-out batches for validation and test (0: none).
+            eval_data: a real-data DataModule whose validation and test splits are evaluated too (optional).
         """
         super().__init__()
         check_positive("batch_size", batch_size, "NoiseDataModule")
         check_positive("batches_per_epoch", batches_per_epoch, "NoiseDataModule")
+        if val_batches < 0:
+            raise ConfigError(f"NoiseDataModule: val_batches must be >= 0, got {val_batches}")
         self.batch_size = batch_size
         self.batches_per_epoch = batches_per_epoch
+        self.val_batches = val_batches
+        self.eval_data = eval_data
         self.seed = seed
         self.settings: dict[str, Any] = {
             "num_classes": num_classes,
@@ -118,7 +133,7 @@ class NoiseDataModule(LightningDataModule):
         from_model = {
             "num_classes": getattr(model, "num_classes", None),
             "noise_dim": getattr(model, "noise_dim", None),
-            "streams": getattr(model, "n_generators", None),
+            "streams": getattr(model, "noise_streams", None),
             "label_distribution": getattr(model, "label_distribution", None),
         }
         for key, value in self.settings.items():
@@ -133,8 +148,28 @@ class NoiseDataModule(LightningDataModule):
                     f"remove data.init_args.{key} to use the model's value"
                 )
 
+        if self.eval_data is not None and stage in ("fit", "validate", "test", None):
+            self.eval_data.trainer = self.trainer
+            self.eval_data.setup(stage)
+
+    def prepare_data(self) -> None:
+        if self.eval_data is not None:
+            self.eval_data.prepare_data()
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Indices(self.batches_per_epoch), batch_size=None, shuffle=False)
+
+    def _eval_loaders(self, real_loader: str) -> list[DataLoader]:
+        loaders = [DataLoader(_Indices(self.val_batches), batch_size=None)] if self.val_batches else []
+        if self.eval_data is not None:
+            loaders.append(getattr(self.eval_data, real_loader)())
+        return loaders
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val_dataloader")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test_dataloader")
 
     def sample(self, epoch: int, rank: int, index: int) -> dict[str, torch.Tensor]:
         """The batch at ``(epoch, rank, index)`` of this stream."""
@@ -152,7 +187,23 @@ class NoiseDataModule(LightningDataModule):
         )
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, dict):  # already sampled
-            return batch
+        if not (isinstance(batch, int) or (isinstance(batch, torch.Tensor) and batch.ndim == 0)):
+            return batch  # real data, or already sampled
         trainer = self.trainer
-        return self.sample(trainer.current_epoch, trainer.global_rank, int(batch))
+        if trainer.training:
+            return self.sample(trainer.current_epoch, trainer.global_rank, int(batch))
+        return self.sample(-1, 0, int(batch))  # the fixed held-out batches, the same on every rank and epoch
+
+
+InputDistribution = Literal["uniform", "normal"]
+
+
+def sample_inputs(
+    kind: InputDistribution, n: int, shape: tuple[int, ...], generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The paper's noise baselines: ``n`` inputs of ``shape`` from U(-1, 1) or N(0, 1)."""
+    if kind == "uniform":
+        return torch.rand(n, *shape, generator=generator) * 2 - 1
+    if kind == "normal":
+        return torch.randn(n, *shape, generator=generator)
+    raise ConfigError(f"input distribution must be 'uniform' or 'normal', got {kind!r}")

@@ -133,6 +133,7 @@ class GeneratorModule(LightningModule):
         self.input_shape = tuple(spec["input_shape"])
         self.noise_dim = noise_dim
         self.n_generators = n_generators
+        self.noise_streams = n_generators  # one noise stream per generator in every batch
         self.label_distribution = label_distribution
         generators, decoders = [], []
         for g in range(n_generators):
@@ -184,9 +185,10 @@ class GeneratorModule(LightningModule):
                 },
                 on_step=True,
                 on_epoch=True,
+                batch_size=len(x),
             )
-            self.log(f"train/gen{g}/teacher_acc", self.teacher_acc[g], on_step=False, on_epoch=True)
-        self.log("train/loss", total / self.n_generators, prog_bar=True, on_step=True, on_epoch=True)
+            self.log(f"train/gen{g}/teacher_acc", self.teacher_acc[g], on_step=False, on_epoch=True, batch_size=len(x))
+        self.log("train/loss", total / self.n_generators, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         return total
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

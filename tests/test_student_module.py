@@ -1,0 +1,204 @@
+"""StudentModule: compressed student, frozen teacher and generators, data sources, resume and checkpoints."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from conftest import ROOT
+from pytorch_lightning import Trainer
+
+from kegnet_pl.cli import main
+from kegnet_pl.data import NoiseDataModule
+from kegnet_pl.errors import CheckpointError, ConfigError
+from kegnet_pl.modules import GeneratorModule, StudentModule
+from kegnet_pl.modules.student import distillation_loss
+
+TEACHER = str(ROOT / "checkpoints" / "mnist_subset_lenet5.ckpt")
+
+
+def quiet_trainer(tmp_path, **kwargs):
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
+    return Trainer(**{**defaults, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def generator_ckpt(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("generators")
+    torch.manual_seed(0)
+    model = GeneratorModule(teacher=TEACHER, n_generators=2)
+    trainer = quiet_trainer(folder, max_steps=2)
+    trainer.fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=2))
+    path = folder / "generators.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+def student_config(tmp_path, generators, **model_args):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 2,
+            "log_every_n_steps": 1,
+            "num_sanity_val_steps": 0,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": {"class_path": "TensorBoardLogger", "init_args": {"save_dir": str(tmp_path), "name": "tb"}},
+            "callbacks": [
+                {
+                    "class_path": "ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(tmp_path / "ckpt"),
+                        "save_last": True,
+                        "monitor": "val/agreement",
+                        "mode": "max",
+                    },
+                }
+            ],
+        },
+        "model": {
+            "class_path": "StudentModule",
+            "init_args": {"generators": generators, "pool_size": 40, **model_args},
+        },
+        "data": {
+            "class_path": "NoiseDataModule",
+            "init_args": {"batch_size": 16, "batches_per_epoch": 3, "val_batches": 2},
+        },
+    }
+    path = tmp_path / "student.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_distillation_loss_is_the_kl_from_teacher_to_student():
+    s, t = torch.randn(5, 10), torch.randn(5, 10)
+    p = t.softmax(-1)
+    expected = (p * (p.log() - s.log_softmax(-1))).sum(-1).mean()
+    assert torch.allclose(distillation_loss(s, t), expected, atol=1e-6)
+    assert distillation_loss(t, t).abs() < 1e-6
+
+
+def test_student_is_the_compressed_teacher(generator_ckpt):
+    model = StudentModule(generators=generator_ckpt, student="lenet5-s3")
+    assert isinstance(model.student.conv3, torch.nn.Sequential)
+    assert model.hparams.student_ranks["conv3"] == [8, 5]
+    assert sum(p.numel() for p in model.student.parameters()) < 61_706 / 4
+    assert model.compression_ratio > 4
+    x = torch.randn(4, 1, 32, 32)
+    assert model(x).shape == (4, 10)
+
+
+def test_optimizer_holds_only_student_parameters(generator_ckpt):
+    model = StudentModule(generators=generator_ckpt)
+    (group,) = model.configure_optimizers().param_groups
+    assert {id(p) for p in group["params"]} == {id(p) for p in model.student.parameters()}
+    assert all(p.requires_grad for p in model.student.parameters())
+    assert not any(p.requires_grad for p in (*model.teacher.parameters(), *model.generators.parameters()))
+
+
+@pytest.mark.parametrize(("source", "pool_size"), [("kegnet", 40), ("kegnet", None), ("uniform", 40), ("normal", None)])
+def test_teacher_and_generators_unchanged_after_fit(tmp_path, generator_ckpt, source, pool_size):
+    model = StudentModule(generators=generator_ckpt, source=source, pool_size=pool_size, lr=1e-2)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("student.")}
+    student_before = {k: v.clone() for k, v in model.student.state_dict().items()}
+    quiet_trainer(tmp_path, max_steps=3).fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=3))
+    after = model.state_dict()
+    assert all(torch.equal(frozen[k], after[k]) for k in frozen)
+    assert any(not torch.equal(v, model.student.state_dict()[k]) for k, v in student_before.items())
+
+
+def test_baseline_inputs_follow_their_distribution(generator_ckpt):
+    labels, noise = torch.eye(10)[:8].repeat(64, 1), torch.randn(512, 10)
+    uniform = StudentModule(generators=generator_ckpt, source="uniform").synthesize(labels, noise)
+    normal = StudentModule(generators=generator_ckpt, source="normal").synthesize(labels, noise)
+    assert uniform.shape == normal.shape == (512, 1, 32, 32)
+    assert uniform.min() >= -1 and uniform.max() <= 1 and abs(uniform.mean()) < 0.01
+    assert abs(normal.std() - 1) < 0.01
+
+
+def test_pool_is_reproducible_and_per_rank(generator_ckpt):
+    a = StudentModule(generators=generator_ckpt, pool_size=20)._build_pool()
+    b = StudentModule(generators=generator_ckpt, pool_size=20)._build_pool()
+    assert a[0].shape == (40, 1, 32, 32) and a[1].shape == (40, 10)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    other_rank = StudentModule(generators=generator_ckpt, pool_size=20)
+    other_rank._trainer = SimpleNamespace(global_rank=1)  # as seen from rank 1 of a DDP run
+    c = other_rank._build_pool()
+    assert not torch.allclose(a[0], c[0])
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path, generator_ckpt):
+    main(["fit", "--config", str(student_config(tmp_path / "straight", generator_ckpt))])
+    config = student_config(tmp_path / "split", generator_ckpt)
+    main(["fit", "--config", str(config), "--trainer.max_epochs", "1"])
+    main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    a = torch.load(tmp_path / "straight" / "ckpt" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "ckpt" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 6
+    for key, value in a["state_dict"].items():
+        assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
+
+
+def test_checkpoint_alone_rebuilds_the_student(tmp_path, generator_ckpt):
+    import shutil
+
+    generators = tmp_path / "g.ckpt"
+    shutil.copy(generator_ckpt, generators)
+    model = StudentModule(generators=str(generators), student="lenet5-s2")
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    trainer.fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=1))
+    trainer.save_checkpoint(tmp_path / "student.ckpt")
+    generators.unlink()
+    loaded = StudentModule.load_from_checkpoint(tmp_path / "student.ckpt", weights_only=True).eval()
+    x = torch.randn(3, 1, 32, 32)
+    assert torch.equal(loaded(x), model.eval()(x))
+    assert loaded.hparams.student_ranks == model.hparams.student_ranks
+
+
+def test_real_data_accuracy_and_agreement_are_logged(tmp_path, generator_ckpt):
+    from kegnet_pl.data import MNISTSubsetDataModule
+
+    model = StudentModule(generators=generator_ckpt)
+    data = NoiseDataModule(
+        batch_size=8, batches_per_epoch=1, val_batches=2, eval_data=MNISTSubsetDataModule(batch_size=250)
+    )
+    results = quiet_trainer(tmp_path, limit_test_batches=2).test(model, data, verbose=False)
+    merged = {k: v for r in results for k, v in r.items()}
+    assert 0.5 < merged["test/acc"] <= 1 and 0.5 < merged["test/teacher_acc"] <= 1
+    assert 0 <= merged["test/agreement"] <= 1
+
+
+def test_a_teacher_file_is_not_a_generator_checkpoint():
+    with pytest.raises(CheckpointError, match="is not a GeneratorModule checkpoint"):
+        StudentModule(generators=TEACHER)
+
+
+def test_bad_settings(generator_ckpt):
+    with pytest.raises(ConfigError, match="source must be 'kegnet', 'uniform' or 'normal', got 'gauss'"):
+        StudentModule(generators=generator_ckpt, source="gauss")
+    with pytest.raises(ConfigError, match="use_generators=\\[5\\] must name generators 0..1"):
+        StudentModule(generators=generator_ckpt, use_generators=[5])
+    with pytest.raises(ConfigError, match="'conv9'"):
+        StudentModule(generators=generator_ckpt, student={"conv9": 3})
+    with pytest.raises(ConfigError, match="lr must be positive, got 0"):
+        StudentModule(generators=generator_ckpt, lr=0)
+    with pytest.raises(ConfigError, match="needs generators"):
+        StudentModule()
+
+
+def test_shipped_student_config_parses(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs/mnist_subset/student.yaml"), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["init_args"]["student"] == "lenet5-s1"
+    assert config["data"]["init_args"]["eval_data"]["class_path"].endswith("MNISTSubsetDataModule")
