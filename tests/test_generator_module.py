@@ -164,3 +164,18 @@ def test_ddp_ranks_draw_different_noise(tmp_path):
     rank0, rank1 = (torch.load(tmp_path / f"noise_rank{r}.pt") for r in (0, 1))
     assert rank0.shape == rank1.shape == (1, 4, 10)
     assert not torch.allclose(rank0, rank1)
+
+
+def test_kegnet_test_reports_generators_on_held_out_noise_and_teacher_on_real_data(tmp_path, capsys):
+    config = generator_config(tmp_path)
+    data = {"batch_size": 16, "batches_per_epoch": 3, "val_batches": 2}
+    data["eval_data"] = {"class_path": "MNISTSubsetDataModule", "init_args": {"batch_size": 500}}
+    text = yaml.safe_load(config.read_text())
+    text["data"]["init_args"] = data
+    text["trainer"]["logger"] = False
+    config.write_text(yaml.safe_dump(text))
+    main(["test", "--config", str(config)])
+    out = capsys.readouterr().out
+    assert "test/gen1/teacher_acc" in out and "test/gen0/diversity" in out
+    teacher = float(next(line.split()[-1] for line in out.splitlines() if line.strip().startswith("test/teacher_acc")))
+    assert teacher == pytest.approx(0.974, abs=1e-3)  # the shipped teacher on the subset's test split

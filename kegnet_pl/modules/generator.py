@@ -146,6 +146,12 @@ class GeneratorModule(LightningModule):
         self.teacher_acc = nn.ModuleList(
             MulticlassAccuracy(self.num_classes, average="micro") for _ in range(n_generators)
         )
+        self.test_metrics = nn.ModuleDict(
+            {
+                name: MulticlassAccuracy(self.num_classes, average="micro")
+                for name in [*map("gen{}".format, range(n_generators)), "real"]
+            }
+        )
 
     # --- sampling ------------------------------------------------------------------------------------
     def forward(self, labels: torch.Tensor, noise: torch.Tensor, generator: int = 0) -> torch.Tensor:
@@ -190,6 +196,24 @@ class GeneratorModule(LightningModule):
             self.log(f"train/gen{g}/teacher_acc", self.teacher_acc[g], on_step=False, on_epoch=True, batch_size=len(x))
         self.log("train/loss", total / self.n_generators, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         return total
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Held-out noise batches: the teacher's accuracy on each generator's samples and their diversity; real
+        batches (``NoiseDataModule(eval_data=...)``): the teacher's own accuracy, for reference."""
+        if isinstance(batch, dict):
+            labels, noise = batch["labels"], batch["noise"]
+            for g, generator in enumerate(self.generators):
+                x = generator(labels[g], noise[g])
+                metric = self.test_metrics[f"gen{g}"]
+                metric(self.teacher(x), labels[g].argmax(-1))
+                self.log(f"test/gen{g}/teacher_acc", metric, add_dataloader_idx=False, batch_size=len(x))
+                diversity = -torch.log(diversity_loss(x, noise[g]).clamp_min(1e-30))
+                self.log(f"test/gen{g}/diversity", diversity, add_dataloader_idx=False, batch_size=len(x))
+            return
+        x, y = batch
+        metric = self.test_metrics["real"]
+        metric(self.teacher(x), y)
+        self.log("test/teacher_acc", metric, add_dataloader_idx=False, batch_size=len(x))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in (*self.generators.parameters(), *self.decoders.parameters()) if p.requires_grad]
