@@ -215,6 +215,13 @@ class GeneratorModule(LightningModule):
         metric(self.teacher(x), y)
         self.log("test/teacher_acc", metric, add_dataloader_idx=False, batch_size=len(x))
 
+    def summary(self) -> dict[str, float]:
+        """Parameter counts: teacher, and one generator with its decoder."""
+        return {
+            "teacher_params": sum(p.numel() for p in self.teacher.parameters()),
+            "params": sum(p.numel() for p in (*self.generators[0].parameters(), *self.decoders[0].parameters())),
+        }
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in (*self.generators.parameters(), *self.decoders.parameters()) if p.requires_grad]
         teacher_ids = {id(p) for p in self.teacher.parameters()}

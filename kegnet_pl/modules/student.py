@@ -290,16 +290,17 @@ class StudentModule(LightningModule):
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "test")
 
+    def summary(self) -> dict[str, float]:
+        """Parameter counts of student and teacher and the compression ratio."""
+        return {
+            "params": parameter_count(self.student),
+            "teacher_params": parameter_count(self.teacher),
+            "compression_ratio": self.compression_ratio,
+        }
+
     def on_fit_start(self) -> None:
         if self.logger is not None and self.trainer.is_global_zero:
-            self.logger.log_metrics(
-                {
-                    "student/params": parameter_count(self.student),
-                    "student/teacher_params": parameter_count(self.teacher),
-                    "student/compression_ratio": self.compression_ratio,
-                },
-                step=0,
-            )
+            self.logger.log_metrics({f"student/{key}": value for key, value in self.summary().items()}, step=0)
 
     def on_test_start(self) -> None:
         self.on_fit_start()

@@ -1,0 +1,111 @@
+"""kegnet-pipeline on a tiny budget: outputs, skipping finished stages, and resuming after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from kegnet_pl.pipeline import main
+
+TINY = {
+    "generator_config": str(ROOT / "configs/mnist_subset/generator.yaml"),
+    "student_config": str(ROOT / "configs/mnist_subset/student.yaml"),
+    "students": ["lenet5-s1"],
+    "baselines": ["uniform"],
+    "seeds": [0],
+    "generator_args": [
+        f"--model.teacher={ROOT / 'checkpoints/mnist_subset_lenet5.ckpt'}",
+        "--trainer.max_epochs=1",
+        "--model.n_generators=1",
+        "--model.image_every_n_epochs=0",
+        "--data.batch_size=16",
+        "--data.batches_per_epoch=2",
+    ],
+    "student_args": [
+        "--trainer.max_epochs=2",
+        "--model.pool_size=32",
+        "--data.batch_size=16",
+        "--data.batches_per_epoch=2",
+        "--data.val_batches=1",
+    ],
+}
+
+
+def write_config(tmp_path, **overrides):
+    config = {**TINY, "out": str(tmp_path / "run"), **overrides}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def stage_commands(folder, verb):
+    return [
+        line for line in (folder / "stage.log").read_text().splitlines() if line.startswith("$") and f" {verb} " in line
+    ]
+
+
+def test_pipeline_writes_results_and_skips_finished_stages(tmp_path, capsys):
+    config = write_config(tmp_path)
+    main(["--config", str(config)])
+    out = capsys.readouterr().out.strip().splitlines()
+    run = tmp_path / "run"
+    assert out[-1] == f"results: {run / 'results.json'}"
+    rows = json.loads((run / "results.json").read_text())
+    assert [(r["method"], r["student"]) for r in rows] == [
+        ("teacher", None),
+        ("tucker", 1),
+        ("kegnet", 1),
+        ("uniform", 1),
+    ]
+    for row in rows:
+        assert set(row) == {"method", "student", "seed", "accuracy", "params", "compression_ratio", "seconds"}
+        assert 0 <= row["accuracy"] <= 1 and row["seed"] == 0
+    assert rows[0]["params"] == 61_706 and rows[0]["compression_ratio"] == 1.0
+    assert rows[1]["params"] < 61_706 and rows[1]["compression_ratio"] > 1
+    assert "| +KegNet |" in (run / "results.md").read_text()
+    stage = run / "seed0" / "student1-kegnet"
+    assert (stage / "checkpoints" / "last.ckpt").is_file() and list((stage / "tensorboard").rglob("events.*"))
+    assert (stage / "config.yaml").is_file()
+
+    main(["--config", str(config)])  # again: every stage is skipped, the same table comes back
+    again = capsys.readouterr().out
+    assert again.count("finished before, skipped") == 4
+    assert json.loads((run / "results.json").read_text()) == rows
+    assert len(stage_commands(stage, "fit")) == 1
+
+
+def test_killed_pipeline_resumes_the_interrupted_stage(tmp_path):
+    config = write_config(tmp_path, student_args=[*TINY["student_args"][1:], "--trainer.max_epochs=40"])
+    command = [sys.executable, "-m", "kegnet_pl.pipeline", "--config", str(config)]
+    stage = tmp_path / "run" / "seed0" / "student1-kegnet"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not (stage / "checkpoints" / "last.ckpt").is_file() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    time.sleep(1.0)
+    os.killpg(process.pid, signal.SIGKILL)  # the pipeline and the stage it runs, mid-training
+    process.wait()
+    assert not (stage / "result.json").exists(), "the stage finished before it could be killed"
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "generator: finished before, skipped" in done.stdout
+    assert "student1-kegnet: resuming" in done.stdout
+    fits = stage_commands(stage, "fit")
+    assert len(fits) == 2 and "--ckpt_path" in fits[1] and "--ckpt_path" not in fits[0]
+    assert len(stage_commands(tmp_path / "run" / "seed0" / "generator", "fit")) == 1
+    assert done.stdout.strip().splitlines()[-1].startswith("results: ")
+
+
+def test_missing_config_is_one_clear_error(tmp_path, capsys):
+    config = write_config(tmp_path, generator_config=str(tmp_path / "nope.yaml"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config)])
+    assert exit_info.value.code == 2
+    assert "kegnet-pipeline: error: config file" in capsys.readouterr().err
