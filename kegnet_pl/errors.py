@@ -21,3 +21,7 @@ class DataNotFoundError(KegnetError, FileNotFoundError):
 
 class ConfigError(KegnetError, ValueError):
     """A configuration value is out of range or inconsistent with another one."""
+
+
+class NumericalError(KegnetError, FloatingPointError):
+    """A loss became NaN or infinite; training stops and the last good checkpoint is kept."""

@@ -38,13 +38,14 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) or "Unsupported global" in str(err) or "Unsupported operand" in str(err):
+        if "Unsupported global" in str(err):  # a pickled reference to a function or class: code, not data
             raise CheckpointError(
                 f"refused to load {str(path)!r}: it holds Python objects that could run code when unpickled, "
                 "and kegnet_pl only loads tensors and plain containers (weights_only=True). Re-save its state dict "
                 "with torch.save(model.state_dict(), path) from code you trust."
             ) from err
-        raise CheckpointError(f"{str(path)!r} is not a PyTorch checkpoint or is corrupt ({err})") from err
+        reason = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line), type(err).__name__)
+        raise CheckpointError(f"{str(path)!r} is not a PyTorch checkpoint or is truncated/corrupt ({reason})") from err
     except Exception as err:  # torch raises many types for bytes that are not a checkpoint
         raise CheckpointError(
             f"{str(path)!r} is not a PyTorch checkpoint or is truncated/corrupt ({type(err).__name__}: {err})"

@@ -22,6 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from kegnet_pl.errors import ConfigError
 from kegnet_pl.loading import load_classifier_and_spec
 from kegnet_pl.losses import classification_loss, decoder_loss, diversity_loss
+from kegnet_pl.modules.checks import check_finite
 from kegnet_pl.nets import Frozen, build_classifier
 from kegnet_pl.nets.generators import Decoder, build_generator
 
@@ -179,6 +180,8 @@ class GeneratorModule(LightningModule):
                 with torch.no_grad():
                     loss_div = diversity_loss(x, z)
             loss = loss_cls + self.hparams.alpha * loss_dec + self.hparams.beta * loss_div
+            terms = {"loss_cls": loss_cls, "loss_dec": loss_dec, "loss_div": loss_div}
+            check_finite(f"generator stage (generator {g})", self.global_step, self.current_epoch, terms)
             total = total + loss
             self.teacher_acc[g](logits, y.argmax(-1))
             self.log_dict(

@@ -29,6 +29,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from kegnet_pl.compression import compress_with_report, parameter_count
 from kegnet_pl.data.noise import sample_batch, sample_inputs, stream_seed
 from kegnet_pl.errors import CheckpointError, ConfigError
+from kegnet_pl.loading import load_classifier_and_spec
+from kegnet_pl.modules.checks import check_finite
+from kegnet_pl.modules.teacher import check_data_fits
 from kegnet_pl.nets import Frozen, build_classifier
 from kegnet_pl.nets.generators import build_generator
 
@@ -75,6 +78,7 @@ class StudentModule(LightningModule):
     def __init__(
         self,
         generators: str | None = None,
+        teacher: str | None = None,
         student: str | dict[str, Any] = "lenet5-s1",
         source: Source = "kegnet",
         label_distribution: Literal["onehot", "uniform"] = "onehot",
@@ -92,6 +96,8 @@ class StudentModule(LightningModule):
         """
         Args:
             generators: a GeneratorModule checkpoint (it holds the teacher too).
+            teacher: the classifier to compress, if not the generators' own teacher (a kegnet_pl checkpoint); its
+                class count and input shape must be those of the generators.
             student: which layers to compress: a preset (``lenet5-s1``..``s3``, ``resnet14-s1``..``s3``,
                 ``mlp-r5``, ``mlp-r10``) or a spec mapping layer names/globs to rank rules.
             source: ``kegnet`` (generator samples), or the baselines ``uniform`` U(-1,1) and ``normal`` N(0,1).
@@ -152,6 +158,18 @@ class StudentModule(LightningModule):
             generator_nets.load_state_dict(
                 {k[len("generators.") :]: v for k, v in state.items() if k.startswith("generators.")}
             )
+        if self.hparams.teacher is not None and loaded is not None:  # another teacher than the generators' own
+            other, spec = load_classifier_and_spec(self.hparams.teacher)
+            own = teacher_spec
+            if spec["num_classes"] != own["num_classes"] or tuple(spec["input_shape"]) != tuple(own["input_shape"]):
+                raise ConfigError(
+                    f"the generators in {generators!r} were trained for a teacher with {own['num_classes']} classes "
+                    f"and input shape {tuple(own['input_shape'])}, but the teacher {self.hparams.teacher!r} has "
+                    f"{spec['num_classes']} classes and input shape {tuple(spec['input_shape'])}; use generators "
+                    "trained against this teacher"
+                )
+            teacher, teacher_spec = other, spec
+            self.hparams["teacher_spec"] = spec
         self.teacher = Frozen(teacher)
         self.generators = nn.ModuleList(Frozen(net) for net in generator_nets)
 
@@ -182,6 +200,10 @@ class StudentModule(LightningModule):
         )
         self._pool: tuple[torch.Tensor, torch.Tensor] | None = None
         self._order: tuple[int, torch.Tensor] | None = None
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        check_data_fits("StudentModule", self.input_shape, self.num_classes, getattr(datamodule, "eval_data", None))
 
     # --- the student -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -263,6 +285,7 @@ class StudentModule(LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, teacher_logits = self._training_batch(batch, batch_idx)
         loss = distillation_loss(self(x), teacher_logits, self.hparams.temperature)
+        check_finite("student stage", self.global_step, self.current_epoch, {"loss_kd": loss})
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         return loss
 
@@ -318,5 +341,6 @@ class StudentModule(LightningModule):
         hparams = checkpoint.get("hyper_parameters")
         if hparams is not None:
             hparams["generators"] = None
+            hparams["teacher"] = None
             for key in ("teacher_spec", "generator_spec", "student_ranks"):
                 hparams[key] = copy.deepcopy(self.hparams[key])

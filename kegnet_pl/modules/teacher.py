@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from kegnet_pl.errors import ConfigError
 from kegnet_pl.loading import load_classifier, load_state_into
+from kegnet_pl.modules.checks import check_finite
 from kegnet_pl.nets.registry import build_classifier
 
 
@@ -84,6 +85,8 @@ class TeacherModule(LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
+        if stage == "train":
+            check_finite("teacher stage", self.global_step, self.current_epoch, {"loss_ce": loss})
         metric = self.metrics[f"{stage}_"]
         metric(logits, y)
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", sync_dist=stage != "train")

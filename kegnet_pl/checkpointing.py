@@ -1,0 +1,58 @@
+"""Checkpoint files that are never half-written, and a guard against mixing runs in one checkpoint folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from kegnet_pl.errors import ConfigError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside its target, syncs it to disk, then renames it into place.
+
+    A crash or a failed write (full disk, a killed process) leaves the previous checkpoint intact and at most a
+    ``.tmp`` file, which the next save replaces. Checkpoints are read back with ``weights_only=True``.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            with tmp.open("wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+def checkpoint_files(folder: str | os.PathLike | None) -> list[Path]:
+    """The ``*.ckpt`` files in ``folder`` (none if it does not exist)."""
+    if folder is None or not Path(folder).is_dir():
+        return []
+    return sorted(Path(folder).glob("*.ckpt"))
+
+
+def refuse_to_mix_runs(folder: str | os.PathLike | None, resuming: bool, overwrite: bool) -> None:
+    """A new (not resumed) run must not write into a folder holding another run's checkpoints."""
+    existing = checkpoint_files(folder)
+    if existing and not resuming and not overwrite:
+        names = ", ".join(path.name for path in existing[:4]) + (" ..." if len(existing) > 4 else "")
+        raise ConfigError(
+            f"the checkpoint folder {str(folder)!r} already holds checkpoints of another run ({names}). "
+            "Resume that run with --ckpt_path last, write this one elsewhere (the ModelCheckpoint dirpath in the "
+            "config), or pass --overwrite true to let this run replace them."
+        )
