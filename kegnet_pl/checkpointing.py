@@ -54,5 +54,6 @@ def refuse_to_mix_runs(folder: str | os.PathLike | None, resuming: bool, overwri
         raise ConfigError(
             f"the checkpoint folder {str(folder)!r} already holds checkpoints of another run ({names}). "
             "Resume that run with --ckpt_path last, write this one elsewhere (the ModelCheckpoint dirpath in the "
-            "config), or pass --overwrite true to let this run replace them."
+            "config), or pass --overwrite true to start a new run there anyway (nothing is deleted: Lightning "
+            "gives the new files a -v1 suffix, and --ckpt_path last then takes the newest)."
         )

@@ -41,7 +41,7 @@ class KegnetCLI(LightningCLI):
             "--overwrite",
             type=bool,
             default=False,
-            help="let a new run write into a checkpoint folder that already holds checkpoints of another run",
+            help="start a new run in a checkpoint folder that holds another run's checkpoints (kept; new ones get -vN)",
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

@@ -173,6 +173,7 @@ def test_kegnet_test_reports_generators_on_held_out_noise_and_teacher_on_real_da
     text = yaml.safe_load(config.read_text())
     text["data"]["init_args"] = data
     text["trainer"]["logger"] = False
+    text["trainer"]["default_root_dir"] = str(tmp_path)  # where the CLI saves its config.yaml
     config.write_text(yaml.safe_dump(text))
     main(["test", "--config", str(config)])
     out = capsys.readouterr().out

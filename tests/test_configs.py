@@ -1,0 +1,51 @@
+"""Every shipped config parses through the real ``kegnet`` entry point (``--print_config`` instantiates nothing,
+so the teacher, generator and data files the configs name need not exist)."""
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from kegnet_pl.cli import main
+
+STAGE_CONFIGS = sorted(
+    path for path in ROOT.glob("configs/*/*.yaml") if "model" in (yaml.safe_load(path.read_text()) or {})
+)
+TRAINER_PRESETS = sorted((ROOT / "configs/trainer").glob("*.yaml"))
+BASE = ROOT / "configs/mnist_subset/generator.yaml"
+
+
+def print_config(capsys, *args):
+    """The config ``kegnet fit ... --print_config`` prints, as a dictionary."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--print_config"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0, captured.err
+    return yaml.safe_load(captured.out)
+
+
+def test_the_sweep_finds_the_configs():
+    names = {str(path.relative_to(ROOT)) for path in STAGE_CONFIGS}
+    assert {"configs/mnist_subset/teacher.yaml", "configs/mnist/generator.yaml", "configs/digits/student.yaml"} <= names
+    assert {path.stem for path in TRAINER_PRESETS} >= {"cpu", "gpu", "ddp", "ddp_cpu2"}
+
+
+@pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda path: str(path.relative_to(ROOT / "configs")))
+def test_stage_config_parses(path, capsys):
+    config = print_config(capsys, "--config", str(path))
+    assert config["model"]["class_path"].startswith("kegnet_pl.modules.")
+    assert config["data"]["class_path"].startswith("kegnet_pl.data.")
+    eval_data = config["data"]["init_args"].get("eval_data")
+    if eval_data is not None:
+        assert eval_data["class_path"].startswith("kegnet_pl.data.")
+
+
+@pytest.mark.parametrize("path", TRAINER_PRESETS, ids=lambda path: path.stem)
+def test_trainer_preset_combines_with_a_stage_config(path, capsys):
+    preset = yaml.safe_load(path.read_text())
+    assert set(preset) == {"trainer"}, "a trainer preset holds only a trainer section"
+    config = print_config(capsys, "--config", str(BASE), "--config", str(path))
+    for key, value in preset["trainer"].items():
+        assert config["trainer"][key] == value, key
+    base = yaml.safe_load(BASE.read_text())
+    assert config["trainer"]["max_epochs"] == base["trainer"]["max_epochs"]  # the stage config's own settings stay
+    assert config["model"]["class_path"] == "kegnet_pl.modules.GeneratorModule"

@@ -1,0 +1,109 @@
+"""Crashes, failed writes, NaN losses and reused folders never cost a good checkpoint."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import teacher_config
+
+from kegnet_pl.cli import main
+
+
+def last_step(folder):
+    return torch.load(folder / "ckpt" / "last.ckpt", weights_only=True)["global_step"]
+
+
+def test_sigkill_mid_epoch_then_resume_from_the_last_complete_checkpoint(tmp_path):
+    config = teacher_config(tmp_path, **{"trainer.max_epochs": 3, "trainer.limit_train_batches": 40})
+    command = [sys.executable, "-m", "kegnet_pl.cli", "fit", "--config", str(config)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.is_file() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the second epoch
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert last_step(tmp_path) == 40, "the first epoch's checkpoint is complete"
+
+    main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    assert last_step(tmp_path) == 120
+    for path in (tmp_path / "ckpt").glob("*.ckpt"):
+        torch.load(path, weights_only=True)  # every checkpoint on disk is whole
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    config = teacher_config(tmp_path)
+    main(["fit", "--config", str(config)])
+    before = (tmp_path / "ckpt" / "last.ckpt").read_bytes()
+
+    real_save = torch.save
+
+    def save_then_fail(obj, handle, *args, **kwargs):
+        real_save(obj, handle, *args, **kwargs)
+        handle.truncate(1000)  # part of the file made it to disk, then the disk filled up
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("kegnet_pl.checkpointing.torch.save", save_then_fail)
+    with pytest.raises(OSError, match="No space left on device"):
+        main(["fit", "--config", str(config), "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert (tmp_path / "ckpt" / "last.ckpt").read_bytes() == before
+    assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.endswith(".tmp")]
+
+    monkeypatch.undo()
+    main(["fit", "--config", str(config), "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert last_step(tmp_path) == 8
+
+
+def test_nan_loss_stops_naming_stage_step_and_term_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    config = teacher_config(tmp_path)
+    main(["fit", "--config", str(config)])
+    before = (tmp_path / "ckpt" / "last.ckpt").read_bytes()
+
+    import kegnet_pl.modules.teacher as teacher_module
+
+    cross_entropy = torch.nn.functional.cross_entropy
+
+    def nan_cross_entropy(logits, target):
+        return cross_entropy(logits, target) * float("nan")
+
+    monkeypatch.setattr(teacher_module.F, "cross_entropy", nan_cross_entropy)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "teacher stage: the loss term loss_ce is nan at step 4 (epoch 1)" in err
+    assert (tmp_path / "ckpt" / "last.ckpt").read_bytes() == before
+
+
+def test_nan_in_a_generator_loss_term(tmp_path, monkeypatch, capsys):
+    from test_generator_module import generator_config
+
+    import kegnet_pl.modules.generator as generator_module
+
+    monkeypatch.setattr(generator_module, "decoder_loss", lambda z_hat, z: (z_hat - z).pow(2).mean() / 0.0 * 0.0)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(generator_config(tmp_path))])
+    assert "generator stage (generator 0): the loss term loss_dec is nan at step 0 (epoch 0)" in capsys.readouterr().err
+    assert not (tmp_path / "ckpt" / "last.ckpt").exists()
+
+
+def test_a_new_run_refuses_a_folder_with_another_runs_checkpoints(tmp_path, capsys):
+    config = teacher_config(tmp_path)
+    main(["fit", "--config", str(config)])
+    before = (tmp_path / "ckpt" / "last.ckpt").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        "already holds checkpoints of another run (" in err and "--ckpt_path last" in err and "--overwrite true" in err
+    )
+    assert (tmp_path / "ckpt" / "last.ckpt").read_bytes() == before
+    main(["fit", "--config", str(config), "--overwrite", "true"])
+    assert (tmp_path / "ckpt" / "last.ckpt").read_bytes() == before  # nothing is deleted: the new run's
+    assert (tmp_path / "ckpt" / "last-v1.ckpt").is_file()  # files get a version suffix
