@@ -12,15 +12,13 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
-# For now: evaluate the shipped LeNet5 teacher on the MNIST subset's held-out test split.
+# The whole data-free pipeline on the shipped MNIST-subset teacher, on a CPU budget; prints the results table.
 demo: venv
-	$(BIN)/kegnet test --config configs/mnist_subset/teacher.yaml \
-		--model.weights checkpoints/mnist_subset_lenet5.ckpt --trainer.logger false
+	$(BIN)/kegnet-pipeline --config configs/mnist_subset/pipeline.yaml
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

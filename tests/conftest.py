@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny configs written to a temporary folder, driven through the real ``kegnet`` entry point."""
+"""Shared fixtures and helpers: tiny configs written to a temporary folder, driven through the real entry points."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from pytorch_lightning import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
+TEACHER = str(ROOT / "checkpoints" / "mnist_subset_lenet5.ckpt")
 
 
 @pytest.fixture(autouse=True)
@@ -16,43 +18,77 @@ def _few_threads():
     torch.set_num_threads(2)
 
 
-def teacher_config(tmp_path: Path, **overrides) -> Path:
-    """A tiny MNIST-subset teacher config whose outputs all go below ``tmp_path``."""
+def quiet_trainer(tmp_path: Path, **kwargs) -> Trainer:
+    """A CPU trainer that writes nothing: no logger, no checkpoints, no progress bar."""
+    defaults = dict(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
+    return Trainer(**{**defaults, **kwargs})
+
+
+def _set(config: dict, dotted: str, value) -> None:
+    node = config
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def tiny_config(
+    tmp_path: Path, name: str, model: dict, data: dict, checkpoint: dict | None = None, **overrides
+) -> Path:
+    """Write a config with TensorBoard logs in ``tmp_path/tb`` and checkpoints (``last.ckpt``) in ``tmp_path/ckpt``.
+
+    ``overrides`` are dotted keys (``"trainer.max_epochs": 2``) set after the defaults.
+    """
+    tmp_path.mkdir(parents=True, exist_ok=True)
     config = {
         "seed_everything": 0,
         "trainer": {
             "max_epochs": 1,
-            "limit_train_batches": 4,
-            "limit_val_batches": 2,
-            "limit_test_batches": 2,
             "log_every_n_steps": 1,
+            "num_sanity_val_steps": 0,
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "logger": {"class_path": "TensorBoardLogger", "init_args": {"save_dir": str(tmp_path), "name": "tb"}},
             "callbacks": [
                 {
                     "class_path": "ModelCheckpoint",
-                    "init_args": {
-                        "dirpath": str(tmp_path / "ckpt"),
-                        "monitor": "val/acc",
-                        "mode": "max",
-                        "save_last": True,
-                    },
+                    "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True, **(checkpoint or {})},
                 }
             ],
         },
-        "model": {
-            "class_path": "TeacherModule",
-            "init_args": {"arch": "lenet5", "input_shape": [1, 32, 32], "num_classes": 10},
-        },
-        "data": {"class_path": "MNISTSubsetDataModule", "init_args": {"batch_size": 16}},
+        "model": model,
+        "data": data,
     }
     for dotted, value in overrides.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    path = tmp_path / "config.yaml"
+        _set(config, dotted, value)
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def teacher_config(tmp_path: Path, **overrides) -> Path:
+    """A tiny MNIST-subset teacher config: 4 training and 2 validation batches; ``model``/``data`` replace those
+    sections, other keys are dotted overrides."""
+    model = {
+        "class_path": "TeacherModule",
+        "init_args": {"arch": "lenet5", "input_shape": [1, 32, 32], "num_classes": 10},
+    }
+    limits = {"trainer.limit_train_batches": 4, "trainer.limit_val_batches": 2, "trainer.limit_test_batches": 2}
+    return tiny_config(
+        tmp_path,
+        "config",
+        model=overrides.pop("model", model),
+        data=overrides.pop("data", {"class_path": "MNISTSubsetDataModule", "init_args": {"batch_size": 16}}),
+        checkpoint={"monitor": "val/acc", "mode": "max"},
+        **{**limits, **overrides},
+    )

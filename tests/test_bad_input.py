@@ -9,12 +9,10 @@ import pathlib
 import pytest
 import torch
 import yaml
-from conftest import ROOT, teacher_config
+from conftest import ROOT, TEACHER, teacher_config
 
 from kegnet_pl.cli import main
 from kegnet_pl.nets import LeNet5
-
-TEACHER = str(ROOT / "checkpoints" / "mnist_subset_lenet5.ckpt")
 
 
 class _RunsCode:

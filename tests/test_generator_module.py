@@ -3,9 +3,9 @@
 import pytest
 import torch
 import yaml
-from conftest import ROOT
+from conftest import TEACHER, quiet_trainer, tiny_config
 from PIL import Image
-from pytorch_lightning import Callback, Trainer
+from pytorch_lightning import Callback
 
 from kegnet_pl.cli import main
 from kegnet_pl.data import NoiseDataModule
@@ -14,46 +14,18 @@ from kegnet_pl.loading import save_classifier
 from kegnet_pl.modules import GeneratorModule
 from kegnet_pl.nets import ResNet14
 
-TEACHER = str(ROOT / "checkpoints" / "mnist_subset_lenet5.ckpt")
-
 
 def generator_config(tmp_path, **model_args):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    config = {
-        "seed_everything": 0,
-        "trainer": {
-            "max_epochs": 2,
-            "log_every_n_steps": 1,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "logger": {"class_path": "TensorBoardLogger", "init_args": {"save_dir": str(tmp_path), "name": "tb"}},
-            "callbacks": [
-                {"class_path": "ModelCheckpoint", "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}
-            ],
-        },
-        "model": {
+    return tiny_config(
+        tmp_path,
+        "generator",
+        model={
             "class_path": "GeneratorModule",
             "init_args": {"teacher": TEACHER, "n_generators": 2, "beta": 1.0, "image_every_n_epochs": 1, **model_args},
         },
-        "data": {"class_path": "NoiseDataModule", "init_args": {"batch_size": 16, "batches_per_epoch": 3}},
-    }
-    path = tmp_path / "generator.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def tiny_trainer(tmp_path, **kwargs):
-    defaults = dict(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
+        data={"class_path": "NoiseDataModule", "init_args": {"batch_size": 16, "batches_per_epoch": 3}},
+        **{"trainer.max_epochs": 2},
     )
-    return Trainer(**{**defaults, **kwargs})
 
 
 def test_fit_writes_checkpoint_tensorboard_scalars_images_and_png(tmp_path):
@@ -78,7 +50,7 @@ def test_teacher_unchanged_frozen_and_in_chosen_mode(tmp_path):
     for mode in ("eval", "train"):
         model = GeneratorModule(teacher=str(teacher_file), n_generators=1, teacher_batchnorm=mode)
         before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
-        tiny_trainer(tmp_path, max_steps=2).fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=2))
+        quiet_trainer(tmp_path, max_steps=2).fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=2))
         after = model.teacher.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before), mode  # BatchNorm buffers included
         assert model.teacher.net.norm1.training == (mode == "train")
@@ -120,7 +92,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 def test_checkpoint_alone_is_enough_to_sample(tmp_path):
     teacher_file = save_classifier(ResNet14((1, 32, 32)), tmp_path / "t.ckpt", "resnet14")
     model = GeneratorModule(teacher=str(teacher_file), n_generators=1)
-    trainer = tiny_trainer(tmp_path, max_steps=1)
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     trainer.fit(model, NoiseDataModule(batch_size=4, batches_per_epoch=1))
     trainer.save_checkpoint(tmp_path / "gen.ckpt")
     teacher_file.unlink()
@@ -159,7 +131,7 @@ class RecordNoise(Callback):
 
 def test_ddp_ranks_draw_different_noise(tmp_path):
     model = GeneratorModule(teacher=TEACHER, n_generators=1)
-    trainer = tiny_trainer(tmp_path, strategy="ddp_spawn", devices=2, max_steps=1, callbacks=[RecordNoise(tmp_path)])
+    trainer = quiet_trainer(tmp_path, strategy="ddp_spawn", devices=2, max_steps=1, callbacks=[RecordNoise(tmp_path)])
     trainer.fit(model, NoiseDataModule(batch_size=4, batches_per_epoch=4))
     rank0, rank1 = (torch.load(tmp_path / f"noise_rank{r}.pt") for r in (0, 1))
     assert rank0.shape == rank1.shape == (1, 4, 10)

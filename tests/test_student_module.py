@@ -5,30 +5,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import ROOT
-from pytorch_lightning import Trainer
+from conftest import ROOT, TEACHER, quiet_trainer, tiny_config
 
 from kegnet_pl.cli import main
 from kegnet_pl.data import NoiseDataModule
 from kegnet_pl.errors import CheckpointError, ConfigError
 from kegnet_pl.modules import GeneratorModule, StudentModule
 from kegnet_pl.modules.student import distillation_loss
-
-TEACHER = str(ROOT / "checkpoints" / "mnist_subset_lenet5.ckpt")
-
-
-def quiet_trainer(tmp_path, **kwargs):
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=0,
-    )
-    return Trainer(**{**defaults, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -44,40 +27,17 @@ def generator_ckpt(tmp_path_factory):
 
 
 def student_config(tmp_path, generators, **model_args):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    config = {
-        "seed_everything": 0,
-        "trainer": {
-            "max_epochs": 2,
-            "log_every_n_steps": 1,
-            "num_sanity_val_steps": 0,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "logger": {"class_path": "TensorBoardLogger", "init_args": {"save_dir": str(tmp_path), "name": "tb"}},
-            "callbacks": [
-                {
-                    "class_path": "ModelCheckpoint",
-                    "init_args": {
-                        "dirpath": str(tmp_path / "ckpt"),
-                        "save_last": True,
-                        "monitor": "val/agreement",
-                        "mode": "max",
-                    },
-                }
-            ],
-        },
-        "model": {
-            "class_path": "StudentModule",
-            "init_args": {"generators": generators, "pool_size": 40, **model_args},
-        },
-        "data": {
+    return tiny_config(
+        tmp_path,
+        "student",
+        model={"class_path": "StudentModule", "init_args": {"generators": generators, "pool_size": 40, **model_args}},
+        data={
             "class_path": "NoiseDataModule",
             "init_args": {"batch_size": 16, "batches_per_epoch": 3, "val_batches": 2},
         },
-    }
-    path = tmp_path / "student.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+        checkpoint={"monitor": "val/agreement", "mode": "max"},
+        **{"trainer.max_epochs": 2},
+    )
 
 
 def test_distillation_loss_is_the_kl_from_teacher_to_student():
