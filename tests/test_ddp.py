@@ -1,0 +1,69 @@
+"""Every stage with 2 CPU processes (ddp_spawn): outputs are written once and the ranks draw different data."""
+
+import torch
+from conftest import ROOT, TEACHER, tiny_config
+from pytorch_lightning import Callback
+
+from kegnet_pl.cli import main
+
+DDP = str(ROOT / "configs" / "trainer" / "ddp_cpu2.yaml")
+
+
+class RecordBatches(Callback):
+    """Saves what each rank trained on in its first step."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0 and trainer.current_epoch == 0:
+            torch.save({k: v.cpu() for k, v in batch.items()}, f"{self.folder}/batch_rank{trainer.global_rank}.pt")
+
+
+def recorder(folder):
+    return f'--trainer.callbacks+={{"class_path": "test_ddp.RecordBatches", "init_args": {{"folder": "{folder}"}}}}'
+
+
+def outputs_written_once(folder):
+    checkpoints = sorted(path.name for path in (folder / "ckpt").glob("*.ckpt"))
+    events = list((folder / "tb").rglob("events.out.tfevents.*"))
+    return checkpoints, events
+
+
+def test_generator_and_student_stages_under_ddp_spawn(tmp_path):
+    gen_dir = tmp_path / "generator"
+    generator = tiny_config(
+        gen_dir,
+        "generator",
+        model={"class_path": "GeneratorModule", "init_args": {"teacher": TEACHER, "n_generators": 2}},
+        data={"class_path": "NoiseDataModule", "init_args": {"batch_size": 8, "batches_per_epoch": 4}},
+    )
+    main(["fit", "--config", str(generator), "--config", DDP, recorder(gen_dir)])
+    checkpoints, events = outputs_written_once(gen_dir)
+    assert checkpoints == ["epoch=0-step=2.ckpt", "last.ckpt"]  # 4 batches over 2 ranks: 2 steps, saved once
+    assert len(events) == 1
+    assert sorted(p.name for p in (gen_dir / "ckpt").glob("*.png")) == ["samples_gen0.png", "samples_gen1.png"]
+    rank0, rank1 = (torch.load(gen_dir / f"batch_rank{r}.pt") for r in (0, 1))
+    assert not torch.allclose(rank0["noise"], rank1["noise"])
+
+    student_dir = tmp_path / "student"
+    student = tiny_config(
+        student_dir,
+        "student",
+        model={
+            "class_path": "StudentModule",
+            "init_args": {"generators": str(gen_dir / "ckpt" / "last.ckpt"), "pool_size": 32, "source": "kegnet"},
+        },
+        data={
+            "class_path": "NoiseDataModule",
+            "init_args": {"batch_size": 8, "batches_per_epoch": 4, "val_batches": 2},
+        },
+        checkpoint={"monitor": "val/agreement", "mode": "max"},
+    )
+    main(["fit", "--config", str(student), "--config", DDP, recorder(student_dir)])
+    checkpoints, events = outputs_written_once(student_dir)
+    assert checkpoints == ["epoch=0-step=2.ckpt", "last.ckpt"] and len(events) == 1
+    state = torch.load(student_dir / "ckpt" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 2
+    rank0, rank1 = (torch.load(student_dir / f"batch_rank{r}.pt") for r in (0, 1))
+    assert not torch.allclose(rank0["noise"], rank1["noise"])
