@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from kegnet_pl.errors import CheckpointError
-from kegnet_pl.nets.registry import build_classifier
+from kegnet_pl.nets.registry import build_classifier_from_spec
 
 #: Prefix of the classifier's keys inside a kegnet_pl LightningModule's state dict.
 NET_PREFIX = "net."
@@ -141,7 +141,7 @@ def load_classifier_and_spec(
         "num_classes": int(config["num_classes"]),
         "arch_kwargs": {**dict(hparams.get("arch_kwargs") or {}), **arch_kwargs},
     }
-    net = build_classifier(spec["arch"], spec["input_shape"], spec["num_classes"], **spec["arch_kwargs"])
+    net = build_classifier_from_spec(spec)
     load_state_into(net, state, path, spec["arch"])
     if map_location is not None:
         net = net.to(map_location)

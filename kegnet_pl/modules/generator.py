@@ -23,7 +23,7 @@ from kegnet_pl.errors import ConfigError
 from kegnet_pl.loading import load_classifier_and_spec
 from kegnet_pl.losses import classification_loss, decoder_loss, diversity_loss
 from kegnet_pl.modules.checks import check_finite
-from kegnet_pl.nets import Frozen, build_classifier
+from kegnet_pl.nets import Frozen, build_classifier_from_spec
 from kegnet_pl.nets.generators import Decoder, build_generator
 
 
@@ -56,8 +56,7 @@ def load_teacher(
         return load_classifier_and_spec(teacher, arch=teacher_arch, input_shape=input_shape, num_classes=num_classes)
     if teacher_spec:
         spec = dict(teacher_spec)
-        net = build_classifier(spec["arch"], spec["input_shape"], spec["num_classes"], **spec.get("arch_kwargs", {}))
-        return net.eval(), spec
+        return build_classifier_from_spec(spec).eval(), spec
     raise ConfigError("GeneratorModule needs a teacher: set model.init_args.teacher to the teacher's weights file")
 
 

@@ -32,7 +32,7 @@ from kegnet_pl.errors import CheckpointError, ConfigError
 from kegnet_pl.loading import load_classifier_and_spec
 from kegnet_pl.modules.checks import check_finite
 from kegnet_pl.modules.teacher import check_data_fits
-from kegnet_pl.nets import Frozen, build_classifier
+from kegnet_pl.nets import Frozen, build_classifier_from_spec
 from kegnet_pl.nets.generators import build_generator
 
 Source = Literal["kegnet", "uniform", "normal"]
@@ -139,13 +139,7 @@ class StudentModule(LightningModule):
             )
         self.hparams["teacher_spec"], self.hparams["generator_spec"] = teacher_spec, generator_spec
 
-        def classifier() -> nn.Module:
-            spec = teacher_spec
-            return build_classifier(
-                spec["arch"], spec["input_shape"], spec["num_classes"], **spec.get("arch_kwargs", {})
-            )
-
-        teacher = classifier()
+        teacher = build_classifier_from_spec(teacher_spec)
         generator_nets = nn.ModuleList(
             build_generator(teacher_spec["input_shape"], teacher_spec["num_classes"], generator_spec["noise_dim"])
             for _ in range(generator_spec["n_generators"])
@@ -180,7 +174,7 @@ class StudentModule(LightningModule):
             )
         self.use_generators = chosen
 
-        base = classifier()
+        base = build_classifier_from_spec(teacher_spec)
         base.load_state_dict(teacher.state_dict())
         self.student, report = compress_with_report(base, student_ranks or student, inplace=True)
         self.student.requires_grad_(True)

@@ -2,6 +2,20 @@
 
 from kegnet_pl.nets.classifiers import MLP, LeNet5, ResNet14
 from kegnet_pl.nets.frozen import Frozen
-from kegnet_pl.nets.registry import build_classifier, classifier_names, register_classifier
+from kegnet_pl.nets.registry import (
+    build_classifier,
+    build_classifier_from_spec,
+    classifier_names,
+    register_classifier,
+)
 
-__all__ = ["Frozen", "MLP", "LeNet5", "ResNet14", "build_classifier", "classifier_names", "register_classifier"]
+__all__ = [
+    "Frozen",
+    "MLP",
+    "LeNet5",
+    "ResNet14",
+    "build_classifier",
+    "build_classifier_from_spec",
+    "classifier_names",
+    "register_classifier",
+]

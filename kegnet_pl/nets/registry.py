@@ -69,3 +69,9 @@ def build_classifier(name: str, input_shape: Sequence[int], num_classes: int, **
     if any(int(size) <= 0 for size in input_shape):
         raise ConfigError(f"input_shape must hold positive sizes, got {tuple(input_shape)}")
     return constructor(input_shape=tuple(int(s) for s in input_shape), num_classes=int(num_classes), **kwargs)
+
+
+def build_classifier_from_spec(spec: dict) -> nn.Module:
+    """Build a classifier from a spec ``{'arch', 'input_shape', 'num_classes', 'arch_kwargs'}``, the form in which
+    checkpoints record their networks."""
+    return build_classifier(spec["arch"], spec["input_shape"], spec["num_classes"], **(spec.get("arch_kwargs") or {}))
