@@ -167,34 +167,28 @@ class GeneratorModule(LightningModule):
                 f"{self.n_generators} generators and a teacher of {self.num_classes} classes"
             )
         total = torch.zeros((), device=self.device)
+        # With beta = 0 the diversity term is only a figure to watch: computed on the steps that are logged.
+        train_diversity = self.hparams.beta > 0
+        watch_diversity = train_diversity or batch_idx % max(1, self.trainer.log_every_n_steps) == 0
         for g, (generator, decoder) in enumerate(zip(self.generators, self.decoders, strict=True)):
             y, z = labels[g], noise[g]
             x = generator(y, z)
             logits = self.teacher(x)
-            loss_cls = classification_loss(logits, y)
-            loss_dec = decoder_loss(decoder(x), z)
-            if self.hparams.beta > 0:
-                loss_div = diversity_loss(x, z)
-            else:
+            terms = {"loss_cls": classification_loss(logits, y), "loss_dec": decoder_loss(decoder(x), z)}
+            loss = terms["loss_cls"] + self.hparams.alpha * terms["loss_dec"]
+            if train_diversity:
+                terms["loss_div"] = diversity_loss(x, z)
+                loss = loss + self.hparams.beta * terms["loss_div"]
+            elif watch_diversity:
                 with torch.no_grad():
-                    loss_div = diversity_loss(x, z)
-            loss = loss_cls + self.hparams.alpha * loss_dec + self.hparams.beta * loss_div
-            terms = {"loss_cls": loss_cls, "loss_dec": loss_dec, "loss_div": loss_div}
+                    terms["loss_div"] = diversity_loss(x, z)
             check_finite(f"generator stage (generator {g})", self.global_step, self.current_epoch, terms)
             total = total + loss
             self.teacher_acc[g](logits, y.argmax(-1))
-            self.log_dict(
-                {
-                    f"train/gen{g}/loss": loss,
-                    f"train/gen{g}/loss_cls": loss_cls,
-                    f"train/gen{g}/loss_dec": loss_dec,
-                    f"train/gen{g}/loss_div": loss_div,
-                    f"train/gen{g}/diversity": -torch.log(loss_div.detach().clamp_min(1e-30)),
-                },
-                on_step=True,
-                on_epoch=True,
-                batch_size=len(x),
-            )
+            logged = {f"train/gen{g}/loss": loss, **{f"train/gen{g}/{name}": value for name, value in terms.items()}}
+            if "loss_div" in terms:
+                logged[f"train/gen{g}/diversity"] = -torch.log(terms["loss_div"].detach().clamp_min(1e-30))
+            self.log_dict(logged, on_step=True, on_epoch=True, batch_size=len(x))
             self.log(f"train/gen{g}/teacher_acc", self.teacher_acc[g], on_step=False, on_epoch=True, batch_size=len(x))
         self.log("train/loss", total / self.n_generators, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         return total
