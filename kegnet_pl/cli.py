@@ -53,7 +53,8 @@ class KegnetCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def _load_weights_only(self) -> None:
-        """Checkpoints are read with ``weights_only=True`` unless the command line says otherwise."""
+        """Tell Lightning that checkpoints are read with ``weights_only=True`` (AtomicCheckpointIO reads them so
+        whatever this says; set here, Lightning does not warn that it defaults to ``False``)."""
         config = self.config_init[self.subcommand]
         if config.get("weights_only") is None and "weights_only" in config:
             config["weights_only"] = True
