@@ -179,7 +179,6 @@ class StudentModule(LightningModule):
         self.student, report = compress_with_report(base, student_ranks or student, inplace=True)
         self.student.requires_grad_(True)
         self.hparams["student_ranks"] = report.ranks()
-        self.report = report
 
         self.num_classes = teacher_spec["num_classes"]
         self.input_shape = tuple(teacher_spec["input_shape"])

@@ -10,7 +10,7 @@ from pytorch_lightning import LightningModule
 from torchmetrics.classification import MulticlassAccuracy
 
 from kegnet_pl.errors import ConfigError
-from kegnet_pl.loading import load_classifier, load_state_into
+from kegnet_pl.loading import load_classifier
 from kegnet_pl.modules.checks import check_finite
 from kegnet_pl.nets.registry import build_classifier
 
@@ -64,12 +64,12 @@ class TeacherModule(LightningModule):
         input_shape = tuple(int(size) for size in input_shape)
         self.save_hyperparameters(ignore=["weights"])
         self.hparams["input_shape"] = input_shape
-        self.net = build_classifier(arch, input_shape, num_classes, **(arch_kwargs or {}))
-        if weights is not None:
-            loaded = load_classifier(
+        if weights is None:
+            self.net = build_classifier(arch, input_shape, num_classes, **(arch_kwargs or {}))
+        else:  # checked against arch, input_shape and num_classes by the loader
+            self.net = load_classifier(
                 weights, arch=arch, input_shape=input_shape, num_classes=num_classes, **(arch_kwargs or {})
-            )
-            load_state_into(self.net, loaded.state_dict(), weights, arch)
+            ).train()
         self.metrics = torch.nn.ModuleDict(
             {stage: MulticlassAccuracy(num_classes, average="micro") for stage in ("train_", "val_", "test_")}
         )
