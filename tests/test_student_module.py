@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from conftest import ROOT, TEACHER, quiet_trainer, tiny_config
 
@@ -136,6 +137,26 @@ def test_real_data_accuracy_and_agreement_are_logged(tmp_path, generator_ckpt):
     merged = {k: v for r in results for k, v in r.items()}
     assert 0.5 < merged["test/acc"] <= 1 and 0.5 < merged["test/teacher_acc"] <= 1
     assert 0 <= merged["test/agreement"] <= 1
+
+
+def test_fidelity_to_the_teacher_on_real_test_data(tmp_path, generator_ckpt):
+    """test/real_agreement and test/real_kl equal the figures computed by hand on the same 500 real images."""
+    from kegnet_pl.data import MNISTSubsetDataModule
+
+    model = StudentModule(generators=generator_ckpt, student="lenet5-s3")
+    real = MNISTSubsetDataModule(batch_size=250)
+    data = NoiseDataModule(batch_size=8, batches_per_epoch=1, val_batches=1, eval_data=real)
+    results = quiet_trainer(tmp_path, limit_test_batches=2).test(model, data, verbose=False)
+    merged = {k: v for r in results for k, v in r.items()}
+    real.setup("test")
+    x = torch.cat([x for x, _ in list(real.test_dataloader())[:2]])
+    with torch.no_grad():
+        teacher, student = model.teacher(x), model(x)
+    agreement = (teacher.argmax(-1) == student.argmax(-1)).float().mean().item()
+    kl = F.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), reduction="batchmean", log_target=True).item()
+    assert len(x) == 500 and agreement < 1 and kl > 1e-3  # student 3 is far enough from the teacher to tell
+    assert merged["test/real_agreement"] == pytest.approx(agreement, abs=1e-6)
+    assert merged["test/real_kl"] == pytest.approx(kl, rel=1e-4)
 
 
 def test_a_teacher_file_is_not_a_generator_checkpoint():

@@ -12,7 +12,9 @@ the epoch, the rank and the batch index, so resumed runs see the data an uninter
 
 Validation needs no real data: the student's agreement with the teacher on fixed held-out artificial samples
 (``val/agreement``) is the default figure for choosing checkpoints. When the data module also carries real
-data (``NoiseDataModule(eval_data=...)``), the real accuracy is logged as ``val/acc`` and ``test/acc``.
+data (``NoiseDataModule(eval_data=...)``), the real accuracy is logged as ``val/acc`` and ``test/acc``, and the
+test also logs how closely the student follows the teacher on that real data: ``test/real_agreement`` (same
+top class) and ``test/real_kl`` (the KL divergence of the loss, at temperature 1).
 """
 
 from __future__ import annotations
@@ -188,7 +190,14 @@ class StudentModule(LightningModule):
         self.metrics = nn.ModuleDict(
             {
                 name: MulticlassAccuracy(self.num_classes, average="micro")
-                for name in ("val_agreement", "test_agreement", "val_acc", "test_acc", "test_teacher_acc")
+                for name in (
+                    "val_agreement",
+                    "test_agreement",
+                    "val_acc",
+                    "test_acc",
+                    "test_teacher_acc",
+                    "test_real_agreement",
+                )
             }
         )
         self._pool: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -293,12 +302,20 @@ class StudentModule(LightningModule):
             self.log(f"{stage}/kl", loss, add_dataloader_idx=False, sync_dist=True, batch_size=len(x))
             return
         x, y = batch  # real data, for evaluation only
+        student_logits = self(x)
         accuracy = self.metrics[f"{stage}_acc"]
-        accuracy(self(x), y)
+        accuracy(student_logits, y)
         self.log(f"{stage}/acc", accuracy, prog_bar=True, add_dataloader_idx=False, batch_size=len(x))
-        if stage == "test":
-            self.metrics["test_teacher_acc"](self.teacher(x), y)
+        if stage == "test":  # and how closely the student follows the teacher on real data (fidelity)
+            teacher_logits = self.teacher(x)
+            self.metrics["test_teacher_acc"](teacher_logits, y)
             self.log("test/teacher_acc", self.metrics["test_teacher_acc"], add_dataloader_idx=False, batch_size=len(x))
+            self.metrics["test_real_agreement"](student_logits, teacher_logits.argmax(-1))
+            self.log(
+                "test/real_agreement", self.metrics["test_real_agreement"], add_dataloader_idx=False, batch_size=len(x)
+            )
+            kl = distillation_loss(student_logits, teacher_logits, 1.0)
+            self.log("test/real_kl", kl, add_dataloader_idx=False, sync_dist=True, batch_size=len(x))
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "val")
