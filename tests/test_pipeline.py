@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from kegnet_pl.pipeline import main
+from kegnet_pl.pipeline import main, results_table
 
 TINY = {
     "generator_config": str(ROOT / "configs/mnist_subset/generator.yaml"),
@@ -68,7 +68,10 @@ def test_pipeline_writes_results_and_skips_finished_stages(tmp_path, capsys):
         assert 0 <= row["accuracy"] <= 1 and row["seed"] == 0
     assert rows[0]["params"] == 61_706 and rows[0]["compression_ratio"] == 1.0
     assert rows[1]["params"] < 61_706 and rows[1]["compression_ratio"] > 1
-    assert "| +KegNet |" in (run / "results.md").read_text()
+    table = (run / "results.md").read_text()
+    assert "| +KegNet |" in table
+    kl = json.loads((run / "seed0" / "student1-kegnet" / "result.json").read_text())["test/real_kl"]
+    assert f"| +KegNet | {kl:.4f} |" in table.split("KL divergence from the teacher")[1]
     stage = run / "seed0" / "student1-kegnet"
     assert (stage / "checkpoints" / "last.ckpt").is_file() and list((stage / "tensorboard").rglob("events.*"))
     assert (stage / "config.yaml").is_file()
@@ -109,3 +112,24 @@ def test_missing_config_is_one_clear_error(tmp_path, capsys):
         main(["--config", str(config)])
     assert exit_info.value.code == 2
     assert "kegnet-pipeline: error: config file" in capsys.readouterr().err
+
+
+def test_results_table_means_and_fidelity():
+    rows, stages = [], []
+    for seed, (acc, kl) in enumerate([(0.97, 0.010), (0.95, 0.020)]):
+        rows += [
+            {"method": "teacher", "student": None, "seed": seed, "accuracy": 0.98, "params": 100,
+             "compression_ratio": 1.0, "seconds": 0.0},
+            {"method": "kegnet", "student": 1, "seed": seed, "accuracy": acc, "params": 40,
+             "compression_ratio": 2.5, "seconds": 10.0 + seed},
+        ]  # fmt: skip
+        stages += [{"stage": "generator", "seed": seed, "seconds": 30.0}]
+        stages += [{"stage": "student1-kegnet", "seed": seed, "test/real_kl": kl, "seconds": 10.0}]
+    table = results_table(rows, ["lenet5-s1"], stages)
+    assert "| Teacher | 98.00 ± 0.00 |" in table
+    assert "| +KegNet | 96.00 ± 1.41 |" in table  # accuracy in %, sample std over seeds
+    assert "| +KegNet | 0.0150 ± 0.0071 |" in table.split("KL divergence")[1]
+    assert "+Uniform" not in table  # methods that did not run get no row
+    assert "| 1 (lenet5-s1) | 40 | 2.50x | 10 |" in table and "Generator training: 30 s per seed." in table
+    without = results_table(rows, ["lenet5-s1"], [{k: v for k, v in s.items() if k != "test/real_kl"} for s in stages])
+    assert "KL divergence" not in without  # results written before the fidelity figures: no empty table
