@@ -49,3 +49,19 @@ def test_trainer_preset_combines_with_a_stage_config(path, capsys):
     base = yaml.safe_load(BASE.read_text())
     assert config["trainer"]["max_epochs"] == base["trainer"]["max_epochs"]  # the stage config's own settings stay
     assert config["model"]["class_path"] == "kegnet_pl.modules.GeneratorModule"
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("configs/*/pipeline.yaml")), ids=lambda path: path.parent.name)
+def test_pipeline_config_stage_arguments_parse(path, capsys):
+    """A typo in a pipeline's generator_args or student_args fails here, not minutes into ``make demo``."""
+    pipeline = yaml.safe_load(path.read_text())
+    for stage in ("generator", "student"):
+        stage_config = ROOT / pipeline[f"{stage}_config"]
+        config = print_config(capsys, "--config", str(stage_config), *pipeline.get(f"{stage}_args", []))
+        for arg in pipeline.get(f"{stage}_args", []):
+            key, value = arg.removeprefix("--").split("=", 1)
+            section, *rest = key.split(".")
+            node = config[section]
+            for part in rest:
+                node = node["init_args"][part] if "init_args" in node and part not in node else node[part]
+            assert str(node) == value, arg
