@@ -238,13 +238,14 @@ class Pipeline:
         return results
 
 
-def _mean_std(values: list[float]) -> str:
-    values = [100 * v for v in values if v is not None]
+def _mean_std(values: list[float | None], scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std`` of the values present, times ``scale`` (accuracy in %); "n/a" when there are none."""
+    values = [scale * v for v in values if v is not None]
     if not values:
         return "n/a"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def results_table(rows: list[dict[str, Any]], students: Sequence[str], stages: list[dict[str, Any]]) -> str:
@@ -293,23 +294,19 @@ def _fidelity_table(stages: list[dict[str, Any]], students: Sequence[str], names
     Finer than accuracy where the student is close to the teacher: a few test images decide an accuracy gap of
     0.1 points, while the KL measures how the student follows the teacher on every image.
     """
-    table = ["", "KL divergence from the teacher on real held-out data (lower: closer to the teacher)", ""]
-    table += ["| method | " + " | ".join(f"student {n}" for n in range(1, len(students) + 1)) + " |"]
-    table += ["|---" * (len(students) + 1) + "|"]
-    for method in ("tucker", "uniform", "normal", "kegnet"):
-        cells = []
-        for number in range(1, len(students) + 1):
-            values = [s.get("test/real_kl") for s in stages if s["stage"] == f"student{number}-{method}"]
-            values = [v for v in values if v is not None]
-            if not values:
-                cells.append("n/a")
-            elif len(values) == 1:
-                cells.append(f"{values[0]:.4f}")
-            else:
-                cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
+    rows = []
+    for method in METHODS[1:]:  # the teacher is the reference
+        cells = [
+            _mean_std([s.get("test/real_kl") for s in stages if s["stage"] == f"student{n}-{method}"], 1.0, 4)
+            for n in range(1, len(students) + 1)
+        ]
         if any(cell != "n/a" for cell in cells):
-            table.append(f"| {names[method]} | " + " | ".join(cells) + " |")
-    return table if len(table) > 5 else []
+            rows.append(f"| {names[method]} | " + " | ".join(cells) + " |")
+    if not rows:  # stages recorded before the fidelity figures existed
+        return []
+    header = "| method | " + " | ".join(f"student {n}" for n in range(1, len(students) + 1)) + " |"
+    title = "KL divergence from the teacher on real held-out data (lower: closer to the teacher)"
+    return ["", title, "", header, "|---" * (len(students) + 1) + "|", *rows]
 
 
 def read_trainer_preset(path: str) -> dict[str, Any]:
