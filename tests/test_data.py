@@ -91,7 +91,7 @@ def test_csv_with_non_integer_label_column(tmp_path):
 
 def test_torchvision_mnist_from_files_on_disk(tmp_path):
     labels = write_idx_mnist(tmp_path / "MNIST" / "raw")
-    data = MNISTDataModule(root=str(tmp_path), batch_size=4)
+    data = MNISTDataModule(root=str(tmp_path), batch_size=4, in_memory=False)
     data.setup()
     assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (32, 8, 12)  # val capped at a fifth
     x, y = next(iter(data.test_dataloader()))
@@ -99,13 +99,33 @@ def test_torchvision_mnist_from_files_on_disk(tmp_path):
     assert data.val_set.indices == range(32, 40)  # the last training images validate
 
 
+def test_in_memory_mnist_equals_the_per_image_transforms(tmp_path):
+    write_idx_mnist(tmp_path / "MNIST" / "raw")
+    per_image = MNISTDataModule(root=str(tmp_path), in_memory=False)
+    in_memory = MNISTDataModule(root=str(tmp_path))
+    per_image.setup()
+    in_memory.setup()
+    for split in ("train_set", "val_set", "test_set"):
+        a, b = getattr(per_image, split), getattr(in_memory, split)
+        assert len(a) == len(b)
+        x_a, y_a = zip(*(a[i] for i in range(len(a))), strict=True)
+        assert torch.equal(torch.stack(x_a), b.tensors[0])  # bit-exact: the same resize as PIL's
+        assert list(y_a) == b.tensors[1].tolist()
+    assert in_memory.test_set.tensors[0].shape == (12, 1, 32, 32)
+    assert abs(in_memory.test_set.tensors[0].mean().item() - (0.5 - 0.1307) / 0.3081) < 0.1  # normalised
+
+
 def test_fashion_mnist_flips_only_training_images(tmp_path):
     write_idx_mnist(tmp_path / "FashionMNIST" / "raw")
-    data = FashionMNISTDataModule(root=str(tmp_path))
+    data = FashionMNISTDataModule(root=str(tmp_path), in_memory=False)
     data.setup()
     names = [type(t).__name__ for t in data.train_set.dataset.transform.transforms]
     assert names[0] == "RandomHorizontalFlip"
     assert "RandomHorizontalFlip" not in [type(t).__name__ for t in data.test_set.transform.transforms]
+    held = FashionMNISTDataModule(root=str(tmp_path))  # in memory: the augmented split stays per image
+    held.setup()
+    assert type(held.train_set.dataset.transform.transforms[0]).__name__ == "RandomHorizontalFlip"
+    assert isinstance(held.test_set, torch.utils.data.TensorDataset)
 
 
 @pytest.mark.parametrize(
