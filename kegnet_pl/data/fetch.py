@@ -66,7 +66,9 @@ def mnist_raw_folder(root: str | os.PathLike) -> Path:
 def missing_mnist_files(root: str | os.PathLike) -> list[str]:
     """The torchvision MNIST files under ``root`` that are absent or whose sha256 is wrong."""
     raw = mnist_raw_folder(root)
-    return [name for name, (_, digest) in MNIST_FILES.items() if not (raw / name).is_file() or sha256(raw / name) != digest]
+    return [
+        name for name, (_, digest) in MNIST_FILES.items() if not (raw / name).is_file() or sha256(raw / name) != digest
+    ]
 
 
 def _pip_unpack(workdir: Path, pip: Sequence[str]) -> Path:
