@@ -33,7 +33,7 @@ lint: venv
 	$(BIN)/ruff format --check kegnet_pl tests benchmarks scripts
 
 # Retrain the shipped teachers in checkpoints/ and rewrite checkpoints/manifest.json.
-teachers: venv
+teachers: data
 	$(BIN)/python scripts/ship_teachers.py
 
 clean:

