@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from kegnet_pl.atomic import atomic_write, atomic_write_text
 from kegnet_pl.errors import ConfigError, KegnetError
 
 RESULT = "result.json"
@@ -156,7 +156,7 @@ class Pipeline:
             return result
         folder.mkdir(parents=True, exist_ok=True)
         config_path = folder / "config.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
         start = time.perf_counter()
         last = folder / "checkpoints" / "last.ckpt"
         if train:
@@ -170,9 +170,7 @@ class Pipeline:
         self._kegnet(folder, ["test", "--config", str(config_path), *extra, *test_ckpt])
         result = json.loads((folder / METRICS).read_text())
         result["seconds"] = round(time.perf_counter() - start, 1)
-        tmp = result_path.with_name(RESULT + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        tmp.replace(result_path)
+        atomic_write_text(result_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
         return result
 
     # --- the whole pipeline ------------------------------------------------------------------------
@@ -226,13 +224,14 @@ class Pipeline:
     def _write(self, rows: list[dict[str, Any]], stages: list[dict[str, Any]]) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
         results = self.out / "results.json"
-        results.write_text(json.dumps(rows, indent=2) + "\n")
-        (self.out / "stages.json").write_text(json.dumps(stages, indent=2) + "\n")
+        atomic_write_text(results, json.dumps(rows, indent=2) + "\n")
+        atomic_write_text(self.out / "stages.json", json.dumps(stages, indent=2) + "\n")
         table = results_table(rows, self.students, stages)
-        (self.out / "results.md").write_text(table + "\n")
+        atomic_write_text(self.out / "results.md", table + "\n")
         grids = sorted((self.out / f"seed{self.seeds[0]}" / "generator" / "checkpoints").glob("samples_gen*.png"))
         if grids:
-            shutil.copyfile(grids[0], self.out / "samples.png")
+            with atomic_write(self.out / "samples.png", "wb") as handle:
+                handle.write(grids[0].read_bytes())
         self.echo("")
         self.echo(table)
         return results
