@@ -17,6 +17,7 @@ interrupted one resumes from its ``last.ckpt``.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -31,7 +32,7 @@ from typing import Any
 import yaml
 
 from kegnet_pl.atomic import atomic_write, atomic_write_text
-from kegnet_pl.errors import ConfigError, KegnetError
+from kegnet_pl.errors import ConfigError, KegnetError, parser_message
 
 RESULT = "result.json"
 METRICS = "metrics.json"
@@ -46,7 +47,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(err).split())}") from err
     if not isinstance(config, dict) or "model" not in config:
         raise ConfigError(f"config file {str(path)!r} is not a kegnet config (it has no 'model' section)")
     return config
@@ -141,7 +142,7 @@ class Pipeline:
                 command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
             )
         if done.returncode != 0:
-            tail = (folder / "stage.log").read_text().splitlines()[-15:]
+            tail = [line for line in (folder / "stage.log").read_text().splitlines() if line.strip()][-5:]
             raise KegnetError(
                 f"stage {folder} failed (exit {done.returncode}); its log {folder / 'stage.log'} ends with:\n  "
                 + "\n  ".join(tail)
@@ -313,9 +314,12 @@ def read_trainer_preset(path: str) -> dict[str, Any]:
     path_ = Path(path)
     if not path_.is_file():
         raise ConfigError(f"trainer preset {path!r} does not exist (see configs/trainer/)")
-    preset = yaml.safe_load(path_.read_text()) or {}
-    if set(preset) - {"trainer"}:
-        raise ConfigError(f"trainer preset {path!r} may only hold a 'trainer:' section, it has {sorted(preset)}")
+    try:
+        preset = yaml.safe_load(path_.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"trainer preset {path!r} is not valid YAML: {' '.join(str(err).split())}") from err
+    if not isinstance(preset, dict) or set(preset) - {"trainer"}:
+        raise ConfigError(f"trainer preset {path!r} may only hold a 'trainer:' section, it has {list(preset)[:8]}")
     return preset
 
 
@@ -353,12 +357,18 @@ def main(args: list[str] | None = None) -> None:
     """The ``kegnet-pipeline`` command; its last line is ``results: <path of results.json>``."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog="kegnet-pipeline", description="Run the whole data-free KegNet pipeline.")
+    parser = ArgumentParser(
+        prog="kegnet-pipeline", description="Run the whole data-free KegNet pipeline.", exit_on_error=False
+    )
     parser.add_argument(
         "--config", action=ActionConfigFile, help="a pipeline YAML, e.g. configs/mnist_subset/pipeline.yaml"
     )
     parser.add_function_arguments(run_pipeline)
-    config = parser.parse_args(args)
+    try:
+        config = parser.parse_args(args)
+    except argparse.ArgumentError as err:
+        print(f"kegnet-pipeline: error: {parser_message(err)} (see 'kegnet-pipeline --help')", file=sys.stderr)
+        sys.exit(2)
     options = {key: value for key, value in vars(config).items() if key != "config" and not key.startswith("__")}
     try:
         results = run_pipeline(**options)
