@@ -11,6 +11,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from kegnet_pl.atomic import atomic_write
 from kegnet_pl.errors import ConfigError
+from kegnet_pl.loading import read_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -25,7 +26,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, handle)
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        """Read through :func:`kegnet_pl.loading.read_checkpoint`: ``weights_only``, one-line errors, and the file's
+        hyper-parameters checked (a file never chooses code)."""
+        if not Path(path).exists():
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)  # Lightning's message
+        return read_checkpoint(path, map_location=map_location)
 
 
 def checkpoint_files(folder: str | os.PathLike | None) -> list[Path]:

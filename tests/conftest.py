@@ -18,6 +18,15 @@ def _few_threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _no_trusted_paths_between_tests():
+    """Import paths trusted by one test (through the CLI or trust_arch) are forgotten before the next."""
+    from kegnet_pl.nets.registry import untrust_all
+
+    yield
+    untrust_all()
+
+
 def quiet_trainer(tmp_path: Path, **kwargs) -> Trainer:
     """A CPU trainer that writes nothing: no logger, no checkpoints, no progress bar."""
     defaults = dict(
