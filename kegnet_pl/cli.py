@@ -19,10 +19,11 @@ from typing import Any
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 import kegnet_pl.data  # noqa: F401  (registers the DataModules' short names)
 import kegnet_pl.modules  # noqa: F401  (registers the LightningModules' short names)
+from kegnet_pl.atomic import atomic_write_text
 from kegnet_pl.checkpointing import AtomicCheckpointIO, refuse_to_mix_runs
 from kegnet_pl.errors import CheckpointError, KegnetError, parser_message
 from kegnet_pl.loading import read_checkpoint
@@ -36,6 +37,22 @@ ARCH_OPTIONS = ("arch", "teacher_arch")
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 warnings.filterwarnings("ignore", message=r".*Total length of `list` across ranks is zero.*")
 warnings.filterwarnings("ignore", message=r".*but have no `validation_step`. Skipping val loop.*")
+
+
+class AtomicSaveConfigCallback(SaveConfigCallback):
+    """Lightning's ``config.yaml`` beside the logs, written through :func:`kegnet_pl.atomic.atomic_write` like every
+    other file of the project (kegnet overwrites it, as ``save_config_kwargs={"overwrite": True}`` says)."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved or not self.save_to_log_dir or not self.overwrite or self.multifile:
+            return super().setup(trainer, pl_module, stage)
+        log_dir = trainer.log_dir  # this broadcasts the directory
+        if trainer.is_global_zero:
+            text = self.parser.dump(self.config, skip_none=False)
+            atomic_write_text(Path(log_dir) / self.config_filename, text)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
 
 class KegnetCLI(LightningCLI):
@@ -129,6 +146,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> KegnetCLI:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=AtomicSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False},
         args=args,
