@@ -79,9 +79,16 @@ def _parse_spec_text(text: str) -> dict:
     return dict(spec)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (no usage block), as every error of the command."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``kegnet-compress``."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog=PROG,
         description="Tucker-compress a teacher classifier into a KegNet student and print its ranks and sizes.",
     )
