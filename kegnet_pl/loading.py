@@ -328,14 +328,14 @@ class CheckedLoading:
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, *args: Any, **kwargs: Any) -> Any:
-        if not isinstance(checkpoint_path, str | os.PathLike):  # a file object: Lightning's own reader
-            return super().load_from_checkpoint(checkpoint_path, map_location, *args, **kwargs)
+        kwargs["weights_only"] = True
+        if not isinstance(checkpoint_path, str | os.PathLike):  # a file object: Lightning's reader (specs are still
+            return super().load_from_checkpoint(checkpoint_path, map_location, *args, **kwargs)  # checked when built)
         path = str(checkpoint_path)
         obj = read_checkpoint(path, map_location="cpu")
         state = obj.get("state_dict")
         if not isinstance(state, Mapping):
             raise CheckpointError(f"{path!r} is not a Lightning checkpoint of a {cls.__name__} (it has no state_dict)")
-        kwargs["weights_only"] = True
         try:
             return super().load_from_checkpoint(path, map_location, *args, **kwargs)
         except KegnetError as err:

@@ -7,8 +7,7 @@ is imported only when it is *trusted*, and it becomes trusted only by the user's
 
 * typed as ``arch`` / ``teacher_arch`` in a ``kegnet`` config or on its command line (the CLI calls
   :func:`trust_arch` for them), or given to ``kegnet-compress --arch``;
-* named by ``--trust_arch`` (``kegnet``), ``--trust-arch`` (``kegnet-compress``) or the environment variable
-  ``KEGNET_TRUST_ARCH`` (comma-separated paths);
+* named by ``kegnet --trust_arch`` or the environment variable ``KEGNET_TRUST_ARCH`` (comma-separated paths);
 * passed to :func:`trust_arch` in Python (or register the class with :func:`register_classifier` instead).
 
 A file never adds to the trusted set: an architecture that a checkpoint names must be registered or trusted, and
@@ -22,7 +21,7 @@ import importlib
 import inspect
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -283,8 +282,3 @@ def build_classifier_from_spec(spec: Mapping[str, Any], source: str = "a checkpo
             f"{source} asks for a {spec['arch']} of {count:,} parameters, more than {MAX_PARAMETERS:,}"
         )
     return build_classifier(*args, **spec["arch_kwargs"])
-
-
-def trusted_from(paths: Iterable[str | None]) -> None:
-    """Trust those of ``paths`` that are import paths (the values a user typed as ``arch`` / ``teacher_arch``)."""
-    trust_arch(*(path for path in paths if isinstance(path, str) and is_import_path(path)))
