@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 from pytorch_lightning import Callback, LightningModule, Trainer
+
+from kegnet_pl.atomic import atomic_write_text
 
 
 class MetricsToJSON(Callback):
@@ -28,8 +29,4 @@ class MetricsToJSON(Callback):
         summary = getattr(pl_module, "summary", None)
         if callable(summary):  # sizes of the networks (parameters, compression ratio)
             metrics.update(summary())
-        path = Path(self.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        atomic_write_text(self.path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -9,34 +9,28 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from kegnet_pl.atomic import atomic_write
 from kegnet_pl.errors import ConfigError
+from kegnet_pl.loading import read_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file beside its target, syncs it to disk, then renames it into place.
-
-    A crash or a failed write (full disk, a killed process) leaves the previous checkpoint intact and at most a
-    ``.tmp`` file, which the next save replaces. Checkpoints are read back with ``weights_only=True``.
+    """Writes each checkpoint with :func:`kegnet_pl.atomic.atomic_write`: a crash or a failed write (full disk, a
+    killed process) leaves the previous checkpoint intact. Checkpoints are read back with ``weights_only=True``.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with tmp.open("wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_write(path, "wb") as handle:
+            torch.save(checkpoint, handle)
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        """Read through :func:`kegnet_pl.loading.read_checkpoint`: ``weights_only``, one-line errors, and the file's
+        hyper-parameters checked (a file never chooses code)."""
+        if not Path(path).exists():
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)  # Lightning's message
+        return read_checkpoint(path, map_location=map_location)
 
 
 def checkpoint_files(folder: str | os.PathLike | None) -> list[Path]:

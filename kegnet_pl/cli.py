@@ -13,23 +13,46 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 import kegnet_pl.data  # noqa: F401  (registers the DataModules' short names)
 import kegnet_pl.modules  # noqa: F401  (registers the LightningModules' short names)
+from kegnet_pl.atomic import atomic_write_text
 from kegnet_pl.checkpointing import AtomicCheckpointIO, refuse_to_mix_runs
-from kegnet_pl.errors import KegnetError
+from kegnet_pl.errors import CheckpointError, KegnetError, parser_message
+from kegnet_pl.loading import read_checkpoint
+from kegnet_pl.nets.registry import TRUST_ENV, trust_arch
+
+#: The model options whose values name an architecture: what the user types there is trusted (see README, Security).
+ARCH_OPTIONS = ("arch", "teacher_arch")
 
 # Frozen networks (teacher, trained generators) are in eval mode on purpose; the generator stage has no
 # validation (its NoiseDataModule offers held-out batches only when asked to).
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 warnings.filterwarnings("ignore", message=r".*Total length of `list` across ranks is zero.*")
 warnings.filterwarnings("ignore", message=r".*but have no `validation_step`. Skipping val loop.*")
+
+
+class AtomicSaveConfigCallback(SaveConfigCallback):
+    """Lightning's ``config.yaml`` beside the logs, written through :func:`kegnet_pl.atomic.atomic_write` like every
+    other file of the project (kegnet overwrites it, as ``save_config_kwargs={"overwrite": True}`` says)."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved or not self.save_to_log_dir or not self.overwrite or self.multifile:
+            return super().setup(trainer, pl_module, stage)
+        log_dir = trainer.log_dir  # this broadcasts the directory
+        if trainer.is_global_zero:
+            text = self.parser.dump(self.config, skip_none=False)
+            atomic_write_text(Path(log_dir) / self.config_filename, text)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
 
 class KegnetCLI(LightningCLI):
@@ -43,6 +66,39 @@ class KegnetCLI(LightningCLI):
             default=False,
             help="start a new run in a checkpoint folder that holds another run's checkpoints (kept; new ones get -vN)",
         )
+        parser.add_argument(
+            "--trust_arch",
+            type=str | None,
+            default=None,
+            help="comma-separated import paths of classifiers (my_pkg.nets:MyNet) that checkpoints may name; a file "
+            f"never chooses code on its own (also: the environment variable {TRUST_ENV})",
+        )
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then trust the import paths the user typed (``arch`` / ``teacher_arch`` / ``--trust_arch``) before
+        any checkpoint's hyper-parameters are merged into the config."""
+        super().parse_arguments(parser, args)
+        config = self.config.get(self.config.get("subcommand") or "", self.config)
+        init_args = config.get("model.init_args") or {}
+        typed = [init_args.get(key) for key in ARCH_OPTIONS if isinstance(init_args.get(key), str)]
+        typed += [path for path in (config.get("trust_arch") or "").split(",") if path.strip()]
+        trust_arch(*typed)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning merges the ``--ckpt_path`` file's hyper-parameters into the config: read the file through
+        :func:`kegnet_pl.loading.read_checkpoint` first, so it cannot name untrusted code or a class to import."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            hparams = read_checkpoint(ckpt_path).get("hyper_parameters") or {}
+            class_path = hparams.get("_class_path")
+            if class_path is not None and not _is_loaded_module_class(class_path):
+                raise CheckpointError(
+                    f"refused {str(ckpt_path)!r}: it asks for the model class {str(class_path)[:80]!r}, which is not "
+                    "a LightningModule already loaded (a file never chooses which code runs); use a kegnet_pl "
+                    "checkpoint, or import that class's module yourself"
+                )
+        super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         plugins = kwargs.get("plugins") or []
@@ -70,6 +126,19 @@ class KegnetCLI(LightningCLI):
             )
 
 
+def _is_loaded_module_class(class_path: Any) -> bool:
+    """Whether ``class_path`` names a LightningModule class of a module already imported (nothing is imported)."""
+    if not isinstance(class_path, str):
+        return False
+    module_name, _, name = class_path.rpartition(".")
+    target = getattr(sys.modules.get(module_name), name, None) if module_name else None
+    if target is None and "." not in class_path:  # short names, as the configs give them
+        import kegnet_pl.modules as modules
+
+        target = getattr(modules, class_path, None)
+    return isinstance(target, type) and issubclass(target, LightningModule)
+
+
 def build_cli(args: list[str] | None = None, run: bool = True) -> KegnetCLI:
     """The ``kegnet`` LightningCLI; with ``run=False`` it only instantiates the trainer, model and data."""
     return KegnetCLI(
@@ -77,6 +146,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> KegnetCLI:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=AtomicSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False},
         args=args,
@@ -98,19 +168,6 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(f"kegnet: error: {cause}", file=sys.stderr)
         sys.exit(2)
-
-
-def parser_message(err: argparse.ArgumentError) -> str:
-    """The parser's error without the noise of the union of class types it tried."""
-    noise = (
-        "Does not validate against any of the Union subtypes",
-        "Subtypes:",
-        "Errors:",
-        "Given value",
-        "Expected a <class 'NoneType'>",
-    )
-    lines = [line.strip().removeprefix("- ") for line in str(err).splitlines()]
-    return " ".join(line for line in lines if line and not line.startswith(noise))
 
 
 def user_error(err: BaseException) -> Exception | None:

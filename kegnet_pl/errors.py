@@ -6,6 +6,8 @@ command prints them as one line and exits non-zero instead of showing a tracebac
 
 from __future__ import annotations
 
+import argparse
+
 
 class KegnetError(Exception):
     """Base class of the errors caused by user input (files, configs, arguments)."""
@@ -25,3 +27,16 @@ class ConfigError(KegnetError, ValueError):
 
 class NumericalError(KegnetError, FloatingPointError):
     """A loss became NaN or infinite; training stops and the last good checkpoint is kept."""
+
+
+def parser_message(err: argparse.ArgumentError) -> str:
+    """A command-line parser's error as one line, without the noise of the union of class types it tried."""
+    noise = (
+        "Does not validate against any of the Union subtypes",
+        "Subtypes:",
+        "Errors:",
+        "Given value",
+        "Expected a <class 'NoneType'>",
+    )
+    lines = [line.strip().removeprefix("- ") for line in str(err).splitlines()]
+    return " ".join(line for line in lines if line and not line.startswith(noise))

@@ -17,10 +17,10 @@ interrupted one resumes from its ``last.ckpt``.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -31,7 +31,8 @@ from typing import Any
 
 import yaml
 
-from kegnet_pl.errors import ConfigError, KegnetError
+from kegnet_pl.atomic import atomic_write, atomic_write_text
+from kegnet_pl.errors import ConfigError, KegnetError, parser_message
 
 RESULT = "result.json"
 METRICS = "metrics.json"
@@ -46,7 +47,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(err).split())}") from err
     if not isinstance(config, dict) or "model" not in config:
         raise ConfigError(f"config file {str(path)!r} is not a kegnet config (it has no 'model' section)")
     return config
@@ -141,7 +142,7 @@ class Pipeline:
                 command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
             )
         if done.returncode != 0:
-            tail = (folder / "stage.log").read_text().splitlines()[-15:]
+            tail = [line for line in (folder / "stage.log").read_text().splitlines() if line.strip()][-5:]
             raise KegnetError(
                 f"stage {folder} failed (exit {done.returncode}); its log {folder / 'stage.log'} ends with:\n  "
                 + "\n  ".join(tail)
@@ -156,7 +157,7 @@ class Pipeline:
             return result
         folder.mkdir(parents=True, exist_ok=True)
         config_path = folder / "config.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
         start = time.perf_counter()
         last = folder / "checkpoints" / "last.ckpt"
         if train:
@@ -170,9 +171,7 @@ class Pipeline:
         self._kegnet(folder, ["test", "--config", str(config_path), *extra, *test_ckpt])
         result = json.loads((folder / METRICS).read_text())
         result["seconds"] = round(time.perf_counter() - start, 1)
-        tmp = result_path.with_name(RESULT + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        tmp.replace(result_path)
+        atomic_write_text(result_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
         return result
 
     # --- the whole pipeline ------------------------------------------------------------------------
@@ -226,13 +225,14 @@ class Pipeline:
     def _write(self, rows: list[dict[str, Any]], stages: list[dict[str, Any]]) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
         results = self.out / "results.json"
-        results.write_text(json.dumps(rows, indent=2) + "\n")
-        (self.out / "stages.json").write_text(json.dumps(stages, indent=2) + "\n")
+        atomic_write_text(results, json.dumps(rows, indent=2) + "\n")
+        atomic_write_text(self.out / "stages.json", json.dumps(stages, indent=2) + "\n")
         table = results_table(rows, self.students, stages)
-        (self.out / "results.md").write_text(table + "\n")
+        atomic_write_text(self.out / "results.md", table + "\n")
         grids = sorted((self.out / f"seed{self.seeds[0]}" / "generator" / "checkpoints").glob("samples_gen*.png"))
         if grids:
-            shutil.copyfile(grids[0], self.out / "samples.png")
+            with atomic_write(self.out / "samples.png", "wb") as handle:
+                handle.write(grids[0].read_bytes())
         self.echo("")
         self.echo(table)
         return results
@@ -314,9 +314,12 @@ def read_trainer_preset(path: str) -> dict[str, Any]:
     path_ = Path(path)
     if not path_.is_file():
         raise ConfigError(f"trainer preset {path!r} does not exist (see configs/trainer/)")
-    preset = yaml.safe_load(path_.read_text()) or {}
-    if set(preset) - {"trainer"}:
-        raise ConfigError(f"trainer preset {path!r} may only hold a 'trainer:' section, it has {sorted(preset)}")
+    try:
+        preset = yaml.safe_load(path_.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"trainer preset {path!r} is not valid YAML: {' '.join(str(err).split())}") from err
+    if not isinstance(preset, dict) or set(preset) - {"trainer"}:
+        raise ConfigError(f"trainer preset {path!r} may only hold a 'trainer:' section, it has {list(preset)[:8]}")
     return preset
 
 
@@ -354,12 +357,18 @@ def main(args: list[str] | None = None) -> None:
     """The ``kegnet-pipeline`` command; its last line is ``results: <path of results.json>``."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog="kegnet-pipeline", description="Run the whole data-free KegNet pipeline.")
+    parser = ArgumentParser(
+        prog="kegnet-pipeline", description="Run the whole data-free KegNet pipeline.", exit_on_error=False
+    )
     parser.add_argument(
         "--config", action=ActionConfigFile, help="a pipeline YAML, e.g. configs/mnist_subset/pipeline.yaml"
     )
     parser.add_function_arguments(run_pipeline)
-    config = parser.parse_args(args)
+    try:
+        config = parser.parse_args(args)
+    except argparse.ArgumentError as err:
+        print(f"kegnet-pipeline: error: {parser_message(err)} (see 'kegnet-pipeline --help')", file=sys.stderr)
+        sys.exit(2)
     options = {key: value for key, value in vars(config).items() if key != "config" and not key.startswith("__")}
     try:
         results = run_pipeline(**options)

@@ -16,6 +16,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from kegnet_pl.atomic import atomic_write_text
 from kegnet_pl.cli import build_cli
 from kegnet_pl.loading import save_classifier
 from kegnet_pl.modules import TeacherModule
@@ -72,7 +73,7 @@ def main() -> None:
         for name in args.only or sorted(TEACHERS):
             manifest[name] = ship(name, TEACHERS[name], Path(workdir))
             print(f"{name}: test_accuracy={manifest[name]['test_accuracy']} sha256={manifest[name]['sha256'][:12]}")
-    manifest_path.write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
+    atomic_write_text(manifest_path, json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,15 @@ def _few_threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _no_trusted_paths_between_tests():
+    """Import paths trusted by one test (through the CLI or trust_arch) are forgotten before the next."""
+    from kegnet_pl.nets.registry import untrust_all
+
+    yield
+    untrust_all()
+
+
 def quiet_trainer(tmp_path: Path, **kwargs) -> Trainer:
     """A CPU trainer that writes nothing: no logger, no checkpoints, no progress bar."""
     defaults = dict(
@@ -92,3 +101,74 @@ def teacher_config(tmp_path: Path, **overrides) -> Path:
         checkpoint={"monitor": "val/acc", "mode": "max"},
         **{**limits, **overrides},
     )
+
+
+# --- crafted files: code that must never run because a file names it ---------------------------------------------
+CRAFTED_MODULE = "kegnet_crafted_mod"
+FIXED_RANKS = {"fc2": [4, 4]}  # a LeNet5 student whose ranks need no EVBMF and little SVD (quick to build)
+
+
+@pytest.fixture
+def code_site(tmp_path):
+    """A folder holding a module and a torch.hub ``hubconf.py`` that each create a marker file when imported, and the
+    architectures a crafted file may name to import them: ``{'folder', 'markers', 'payloads'}``."""
+    folder = tmp_path / "site"
+    (folder / "hub").mkdir(parents=True)
+    import_marker, hub_marker = tmp_path / "imported_module_ran", tmp_path / "hubconf_ran"
+    (folder / f"{CRAFTED_MODULE}.py").write_text(
+        f"import pathlib\npathlib.Path({str(import_marker)!r}).touch()\nfrom kegnet_pl.nets import LeNet5 as Net\n"
+    )
+    (folder / "hub" / "hubconf.py").write_text(
+        f"import pathlib\npathlib.Path({str(hub_marker)!r}).touch()\n\ndef x(**kwargs):\n    return None\n"
+    )
+    payloads = {
+        "torch.hub:load": {
+            "arch": "torch.hub:load",
+            "arch_kwargs": {"repo_or_dir": str(folder / "hub"), "model": "x", "source": "local", "trust_repo": True},
+        },
+        "import side effect": {"arch": f"{CRAFTED_MODULE}:Net", "arch_kwargs": {}},
+    }
+    import sys
+
+    sys.modules.pop(CRAFTED_MODULE, None)
+    yield {"folder": folder, "markers": [import_marker, hub_marker], "payloads": payloads}
+    sys.modules.pop(CRAFTED_MODULE, None)  # imported by the tests that allow it
+
+
+def craft(source: Path | str, target: Path, spec_key: str | None, payload: dict) -> Path:
+    """Copy the checkpoint ``source`` to ``target`` with ``payload`` (arch, arch_kwargs) written into its
+    hyper-parameters: into ``hyper_parameters[spec_key]`` (e.g. ``teacher_spec``), or at the top for a classifier."""
+    checkpoint = torch.load(source, weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    node = hparams[spec_key] if spec_key else hparams
+    node.update(payload)
+    torch.save(checkpoint, target)
+    return target
+
+
+def module_checkpoint(module, path: Path) -> Path:
+    """Save ``module`` as Lightning would (state dict and hyper-parameters, after its ``on_save_checkpoint``)."""
+    import pytorch_lightning
+
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "pytorch-lightning_version": pytorch_lightning.__version__,
+    }
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """A generator checkpoint (1 generator) and a student checkpoint made from it, built once per session without
+    training: ``{'teacher', 'generator', 'student'}`` paths."""
+    from kegnet_pl.modules import GeneratorModule, StudentModule
+
+    folder = tmp_path_factory.mktemp("tiny_checkpoints")
+    torch.manual_seed(0)
+    generator = module_checkpoint(GeneratorModule(teacher=TEACHER, n_generators=1), folder / "generator.ckpt")
+    student = StudentModule(generators=str(generator), student=FIXED_RANKS, pool_size=8)  # no EVBMF: fast
+    student = module_checkpoint(student, folder / "student.ckpt")
+    return {"teacher": Path(TEACHER), "generator": generator, "student": student}

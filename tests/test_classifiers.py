@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from kegnet_pl.errors import ConfigError
-from kegnet_pl.nets import LeNet5, ResNet14, build_classifier, classifier_names
+from kegnet_pl.nets import LeNet5, ResNet14, build_classifier, classifier_names, trust_arch
 
 
 def n_params(net: torch.nn.Module) -> int:
@@ -54,7 +54,10 @@ def test_unknown_architecture_names_the_registered_ones():
         build_classifier("lenet7", (1, 32, 32), 10)
 
 
-def test_importable_class_path_builds_a_user_network():
+def test_importable_class_path_builds_a_user_network_once_trusted():
+    with pytest.raises(ConfigError, match="import path that you have not trusted.*KEGNET_TRUST_ARCH"):
+        build_classifier("kegnet_pl.nets.classifiers:LeNet5", (1, 32, 32), 10)
+    trust_arch("kegnet_pl.nets.classifiers:LeNet5", "no_such_pkg.nets:Net")
     net = build_classifier("kegnet_pl.nets.classifiers:LeNet5", (1, 32, 32), 10)
     assert isinstance(net, LeNet5)
     with pytest.raises(ConfigError, match="cannot import the classifier"):

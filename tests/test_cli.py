@@ -56,6 +56,9 @@ def test_tiny_fit_writes_checkpoints_and_tensorboard_then_resumes(tmp_path):
     first = torch.load(last, map_location="cpu", weights_only=True)
     assert first["global_step"] == 4
     assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= scalar_tags(tmp_path / "tb")
+    saved = next((tmp_path / "tb").glob("version_*/config.yaml"))  # written atomically: whole, no temporary left
+    assert yaml.safe_load(saved.read_text())["model"]["class_path"].endswith("TeacherModule")
+    assert not [path for path in saved.parent.iterdir() if path.name.endswith(".tmp")]
 
     run(["fit", "--config", str(config), "--trainer.max_epochs", "2", "--ckpt_path", "last"])
     resumed = torch.load(last, map_location="cpu", weights_only=True)

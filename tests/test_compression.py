@@ -358,14 +358,16 @@ def test_cli_preset_and_yaml_spec_with_random_init(capsys) -> None:
         (["--random-init", "--spec", "[1, 2]"], "--spec must map layer names"),
         (["missing.pth", "--preset", "lenet5-s1"], "checkpoint file 'missing.pth' does not exist"),
         (["--preset", "lenet5-s1"], "give either TEACHER_FILE or --random-init"),
+        (["--random-init"], "one of the arguments --preset --spec is required"),
     ],
 )
 def test_cli_errors_exit_2_with_one_line(extra: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*LENET_ARGS, *extra])
     assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("kegnet-compress: error: ") and message in error
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines  # no usage block either
+    assert lines[0].startswith("kegnet-compress: error: ") and message in lines[0]
 
 
 def test_cli_rejects_weights_of_another_network(tmp_path, capsys) -> None:

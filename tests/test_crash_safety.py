@@ -1,6 +1,7 @@
 """Crashes, failed writes, NaN losses and reused folders never cost a good checkpoint."""
 
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from conftest import teacher_config
 
 from kegnet_pl.cli import main
@@ -19,15 +21,24 @@ def last_step(folder):
 
 def test_sigkill_mid_epoch_then_resume_from_the_last_complete_checkpoint(tmp_path):
     config = teacher_config(tmp_path, **{"trainer.max_epochs": 3, "trainer.limit_train_batches": 40})
-    command = [sys.executable, "-m", "kegnet_pl.cli", "fit", "--config", str(config)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    last = tmp_path / "ckpt" / "last.ckpt"
+    paused = tmp_path / "paused_at_step_50"
+    pause = {"class_path": "pause.PauseAtStep", "init_args": {"step": 50, "signal_file": str(paused)}}
+    with_pause = yaml.safe_load(config.read_text())
+    with_pause["trainer"]["callbacks"].append(pause)  # the child stops mid-epoch 2 (step 50 of 40..80) and waits
+    config_with_pause = tmp_path / "with_pause.yaml"
+    config_with_pause.write_text(yaml.safe_dump(with_pause))
+    command = [sys.executable, "-m", "kegnet_pl.cli", "fit", "--config", str(config_with_pause)]
+    tests = str(pathlib.Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env
+    )
     deadline = time.time() + 300
-    while not last.is_file() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    time.sleep(1.0)  # into the second epoch
+    while not paused.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    assert paused.exists(), "the child reached step 50"
     assert last_step(tmp_path) == 40, "the first epoch's checkpoint is complete"
 
     main(["fit", "--config", str(config), "--ckpt_path", "last"])

@@ -23,15 +23,30 @@ from torch import nn
 
 from kegnet_pl.compression.spec import PRESETS, compress_with_report
 from kegnet_pl.errors import ConfigError, KegnetError
-from kegnet_pl.loading import load_classifier
-from kegnet_pl.nets import build_classifier, classifier_names
+from kegnet_pl.loading import SpecMissingError, load_classifier
+from kegnet_pl.nets import build_classifier, classifier_names, trust_arch
 
 PROG = "kegnet-compress"
 
 
+FLAGS = {"arch": "--arch lenet5", "input_shape": "--input-shape 1 32 32", "num_classes": "--num-classes 10"}
+
+
 def _build_teacher(args: argparse.Namespace) -> nn.Module:
+    if args.arch is not None:
+        trust_arch(args.arch)  # typed by the user: an import path given here may be imported
     if args.teacher is not None:
-        return load_classifier(args.teacher, arch=args.arch, input_shape=args.input_shape, num_classes=args.num_classes)
+        try:
+            return load_classifier(
+                args.teacher, arch=args.arch, input_shape=args.input_shape, num_classes=args.num_classes
+            )
+        except SpecMissingError as err:
+            flags = " ".join(FLAGS[key] for key in err.absent)
+            them = "it" if len(err.absent) == 1 else "them"
+            raise ConfigError(
+                f"{err.path!r} does not say its {', '.join(err.absent)}; give {them} on the command line, "
+                f"for example {flags}"
+            ) from err
     missing = [flag for flag, value in (("--arch", args.arch), ("--input-shape", args.input_shape)) if value is None]
     if missing:
         raise ConfigError(f"--random-init needs {' and '.join(missing)} (there is no file to read them from)")
@@ -64,9 +79,16 @@ def _parse_spec_text(text: str) -> dict:
     return dict(spec)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (no usage block), as every error of the command."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``kegnet-compress``."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog=PROG,
         description="Tucker-compress a teacher classifier into a KegNet student and print its ranks and sizes.",
     )
@@ -78,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--arch",
-        help=f"classifier: {', '.join(classifier_names())} or an importable module:Class "
-        "(not needed for a kegnet_pl checkpoint, which records it)",
+        help=f"classifier: {', '.join(classifier_names())} or an importable module:Class, which giving it here "
+        "allows to be imported (not needed for a kegnet_pl checkpoint, which records it)",
     )
     parser.add_argument(
         "--input-shape",

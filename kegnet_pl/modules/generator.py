@@ -20,7 +20,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from kegnet_pl.errors import ConfigError
-from kegnet_pl.loading import load_classifier_and_spec
+from kegnet_pl.loading import CheckedLoading, load_classifier_and_spec
 from kegnet_pl.losses import classification_loss, decoder_loss, diversity_loss
 from kegnet_pl.modules.checks import check_finite
 from kegnet_pl.nets import Frozen, build_classifier_from_spec
@@ -60,7 +60,7 @@ def load_teacher(
     raise ConfigError("GeneratorModule needs a teacher: set model.init_args.teacher to the teacher's weights file")
 
 
-class GeneratorModule(LightningModule):
+class GeneratorModule(CheckedLoading, LightningModule):
     """Trains ``n_generators`` generator-decoder pairs against a frozen teacher (KegNet's knowledge extraction).
 
     Batches come from :class:`kegnet_pl.data.NoiseDataModule`: ``labels`` of shape (n_generators, B, classes)

@@ -31,7 +31,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from kegnet_pl.compression import compress_with_report, parameter_count
 from kegnet_pl.data.noise import sample_batch, sample_inputs, stream_seed
 from kegnet_pl.errors import CheckpointError, ConfigError
-from kegnet_pl.loading import load_classifier_and_spec
+from kegnet_pl.loading import CheckedLoading, load_classifier_and_spec
 from kegnet_pl.modules.checks import check_finite
 from kegnet_pl.modules.teacher import check_data_fits
 from kegnet_pl.nets import Frozen, build_classifier_from_spec
@@ -61,6 +61,7 @@ def read_generator_checkpoint(path: str) -> dict[str, Any]:
     if (
         not isinstance(state, dict)
         or not hparams.get("teacher_spec")
+        or not all(isinstance(hparams.get(key), int) for key in ("n_generators", "noise_dim"))
         or not any(k.startswith("generators.") for k in state)
     ):
         raise CheckpointError(
@@ -70,7 +71,7 @@ def read_generator_checkpoint(path: str) -> dict[str, Any]:
     return {"hparams": hparams, "state": state}
 
 
-class StudentModule(LightningModule):
+class StudentModule(CheckedLoading, LightningModule):
     """Distils the teacher into a compressed student from artificial data (KegNet), or from noise (baselines).
 
     ``forward`` is the student's. The checkpoint holds teacher, generators and student (with its exact ranks), so

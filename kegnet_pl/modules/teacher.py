@@ -10,7 +10,7 @@ from pytorch_lightning import LightningModule
 from torchmetrics.classification import MulticlassAccuracy
 
 from kegnet_pl.errors import ConfigError
-from kegnet_pl.loading import load_classifier
+from kegnet_pl.loading import CheckedLoading, load_classifier
 from kegnet_pl.modules.checks import check_finite
 from kegnet_pl.nets.registry import build_classifier
 
@@ -29,7 +29,7 @@ def check_data_fits(module_name: str, input_shape: tuple[int, ...], num_classes:
         )
 
 
-class TeacherModule(LightningModule):
+class TeacherModule(CheckedLoading, LightningModule):
     """Trains a registered classifier with cross-entropy and reports accuracy per stage.
 
     ``forward`` returns logits. The network lives in ``self.net`` so a checkpoint's state dict is the

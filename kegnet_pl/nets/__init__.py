@@ -7,6 +7,7 @@ from kegnet_pl.nets.registry import (
     build_classifier_from_spec,
     classifier_names,
     register_classifier,
+    trust_arch,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "build_classifier_from_spec",
     "classifier_names",
     "register_classifier",
+    "trust_arch",
 ]

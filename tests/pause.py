@@ -1,0 +1,19 @@
+"""A callback for tests that stop a training process at a known point: at ``step`` it creates ``signal_file`` and
+then waits, so that the test can kill it there whatever the machine's speed."""
+
+import time
+from pathlib import Path
+
+from pytorch_lightning import Callback
+
+
+class PauseAtStep(Callback):
+    def __init__(self, step: int, signal_file: str, seconds: float = 600.0) -> None:
+        self.step = step
+        self.signal_file = signal_file
+        self.seconds = seconds
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            Path(self.signal_file).touch()
+            time.sleep(self.seconds)
