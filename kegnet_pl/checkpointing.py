@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning import Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from kegnet_pl.atomic import atomic_write
 from kegnet_pl.errors import ConfigError
@@ -51,3 +53,38 @@ def refuse_to_mix_runs(folder: str | os.PathLike | None, resuming: bool, overwri
             "config), or pass --overwrite true to start a new run there anyway (nothing is deleted: Lightning "
             "gives the new files a -v1 suffix, and --ckpt_path last then takes the newest)."
         )
+
+
+class LastEveryEpoch(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` holds the end of every epoch, whatever the monitored metric did.
+
+    Since pytorch-lightning 2.6, ``save_last=True`` writes ``last.ckpt`` only at a step where a top-k checkpoint is
+    saved too: with a ``monitor`` that stops improving, ``last.ckpt`` stays at the best epoch, so ``--ckpt_path last``
+    would resume from (and test) an older model than the run ended with. This subclass keeps the earlier meaning.
+    It adds no state, so the ``kegnet`` command turns every ``ModelCheckpoint(save_last=True)`` of a config into one
+    (:func:`keep_last_every_epoch`).
+    """
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: Any) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def _refresh_last(self, trainer: Trainer) -> None:
+        if self.save_last is not True or self._should_skip_saving_checkpoint(trainer):
+            return
+        if self._last_global_step_saved == trainer.global_step and self.last_model_path:
+            return  # Lightning saved last.ckpt at this step already
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def keep_last_every_epoch(trainer: Trainer) -> None:
+    """Make each plain ``ModelCheckpoint`` of ``trainer`` with ``save_last=True`` a :class:`LastEveryEpoch`."""
+    for callback in trainer.checkpoint_callbacks:
+        if type(callback) is ModelCheckpoint and callback.save_last is True:
+            callback.__class__ = LastEveryEpoch

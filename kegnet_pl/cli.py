@@ -24,7 +24,7 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 import kegnet_pl.data  # noqa: F401  (registers the DataModules' short names)
 import kegnet_pl.modules  # noqa: F401  (registers the LightningModules' short names)
 from kegnet_pl.atomic import atomic_write_text
-from kegnet_pl.checkpointing import AtomicCheckpointIO, refuse_to_mix_runs
+from kegnet_pl.checkpointing import AtomicCheckpointIO, keep_last_every_epoch, refuse_to_mix_runs
 from kegnet_pl.errors import CheckpointError, KegnetError, parser_message
 from kegnet_pl.loading import read_checkpoint
 from kegnet_pl.nets.registry import TRUST_ENV, trust_arch
@@ -106,7 +106,9 @@ class KegnetCLI(LightningCLI):
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(AtomicCheckpointIO())
         kwargs["plugins"] = plugins
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        keep_last_every_epoch(trainer)  # last.ckpt = the end of the last epoch, as resuming and testing expect
+        return trainer
 
     def _load_weights_only(self) -> None:
         """Tell Lightning that checkpoints are read with ``weights_only=True`` (AtomicCheckpointIO reads them so
