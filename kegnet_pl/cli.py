@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from functools import partial
 from typing import Any
 
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
@@ -24,6 +25,7 @@ import kegnet_pl.data  # noqa: F401  (registers the DataModules' short names)
 import kegnet_pl.modules  # noqa: F401  (registers the LightningModules' short names)
 from kegnet_pl.checkpointing import AtomicCheckpointIO, refuse_to_mix_runs
 from kegnet_pl.errors import KegnetError
+from kegnet_pl.modules.generator import NOISE_SETTINGS, noise_setting
 
 # Frozen networks (teacher, trained generators) are in eval mode on purpose; the generator stage has no
 # validation (its NoiseDataModule offers held-out batches only when asked to).
@@ -43,6 +45,9 @@ class KegnetCLI(LightningCLI):
             default=False,
             help="start a new run in a checkpoint folder that holds another run's checkpoints (kept; new ones get -vN)",
         )
+        for key in NOISE_SETTINGS:  # the noise a model draws is the model's to say (GeneratorModule.noise_settings)
+            compute = partial(noise_setting, key=key)
+            parser.link_arguments("model", f"data.init_args.{key}", compute_fn=compute, apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         plugins = kwargs.get("plugins") or []

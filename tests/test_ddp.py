@@ -66,4 +66,4 @@ def test_generator_and_student_stages_under_ddp_spawn(tmp_path):
     state = torch.load(student_dir / "ckpt" / "last.ckpt", weights_only=True)
     assert state["global_step"] == 2
     rank0, rank1 = (torch.load(student_dir / f"batch_rank{r}.pt") for r in (0, 1))
-    assert not torch.allclose(rank0["noise"], rank1["noise"])
+    assert int(rank0["seed"]) != int(rank1["seed"])  # each rank draws its inputs, and its pool, from its own seed

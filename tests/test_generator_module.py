@@ -50,7 +50,9 @@ def test_teacher_unchanged_frozen_and_in_chosen_mode(tmp_path):
     for mode in ("eval", "train"):
         model = GeneratorModule(teacher=str(teacher_file), n_generators=1, teacher_batchnorm=mode)
         before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
-        quiet_trainer(tmp_path, max_steps=2).fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=2))
+        quiet_trainer(tmp_path, max_steps=2).fit(
+            model, NoiseDataModule(batch_size=8, batches_per_epoch=2, **model.noise_settings())
+        )
         after = model.teacher.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before), mode  # BatchNorm buffers included
         assert model.teacher.net.norm1.training == (mode == "train")
@@ -93,7 +95,7 @@ def test_checkpoint_alone_is_enough_to_sample(tmp_path):
     teacher_file = save_classifier(ResNet14((1, 32, 32)), tmp_path / "t.ckpt", "resnet14")
     model = GeneratorModule(teacher=str(teacher_file), n_generators=1)
     trainer = quiet_trainer(tmp_path, max_steps=1)
-    trainer.fit(model, NoiseDataModule(batch_size=4, batches_per_epoch=1))
+    trainer.fit(model, NoiseDataModule(batch_size=4, batches_per_epoch=1, **model.noise_settings()))
     trainer.save_checkpoint(tmp_path / "gen.ckpt")
     teacher_file.unlink()
     loaded = GeneratorModule.load_from_checkpoint(tmp_path / "gen.ckpt", weights_only=True).eval()
@@ -132,7 +134,7 @@ class RecordNoise(Callback):
 def test_ddp_ranks_draw_different_noise(tmp_path):
     model = GeneratorModule(teacher=TEACHER, n_generators=1)
     trainer = quiet_trainer(tmp_path, strategy="ddp_spawn", devices=2, max_steps=1, callbacks=[RecordNoise(tmp_path)])
-    trainer.fit(model, NoiseDataModule(batch_size=4, batches_per_epoch=4))
+    trainer.fit(model, NoiseDataModule(batch_size=4, batches_per_epoch=4, **model.noise_settings()))
     rank0, rank1 = (torch.load(tmp_path / f"noise_rank{r}.pt") for r in (0, 1))
     assert rank0.shape == rank1.shape == (1, 4, 10)
     assert not torch.allclose(rank0, rank1)

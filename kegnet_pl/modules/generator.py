@@ -26,6 +26,17 @@ from kegnet_pl.modules.checks import check_finite
 from kegnet_pl.nets import Frozen, build_classifier_from_spec
 from kegnet_pl.nets.generators import Decoder, build_generator
 
+NOISE_SETTINGS = ("streams", "num_classes", "noise_dim", "label_distribution")
+
+
+def noise_setting(model: Any, key: str) -> Any:
+    """What ``kegnet`` links to a NoiseDataModule's argument ``key``: the model's ``noise_settings()[key]`` for the
+    generator stage; nothing for other stages, whose batches are only seeds (a module-level function, so that
+    ddp_spawn can pickle the parser that holds the link)."""
+    if isinstance(model, GeneratorModule):
+        return model.noise_settings()[key]
+    return "onehot" if key == "label_distribution" else None
+
 
 def check_teacher_fits(
     teacher_shape: tuple[int, ...], teacher_classes: int, input_shape: list[int] | None, num_classes: int | None
@@ -133,8 +144,6 @@ class GeneratorModule(LightningModule):
         self.input_shape = tuple(spec["input_shape"])
         self.noise_dim = noise_dim
         self.n_generators = n_generators
-        self.noise_streams = n_generators  # one noise stream per generator in every batch
-        self.label_distribution = label_distribution
         generators, decoders = [], []
         for g in range(n_generators):
             with torch.random.fork_rng(devices=[]):
@@ -152,6 +161,16 @@ class GeneratorModule(LightningModule):
                 for name in [*map("gen{}".format, range(n_generators)), "real"]
             }
         )
+
+    def noise_settings(self) -> dict[str, Any]:
+        """What its NoiseDataModule must draw: one label and noise stream per generator (``kegnet`` links these to
+        the DataModule's arguments)."""
+        return {
+            "streams": self.n_generators,
+            "num_classes": self.num_classes,
+            "noise_dim": self.noise_dim,
+            "label_distribution": self.hparams.label_distribution,
+        }
 
     # --- sampling ------------------------------------------------------------------------------------
     def forward(self, labels: torch.Tensor, noise: torch.Tensor, generator: int = 0) -> torch.Tensor:
