@@ -25,7 +25,7 @@ import kegnet_pl.data  # noqa: F401  (registers the DataModules' short names)
 import kegnet_pl.modules  # noqa: F401  (registers the LightningModules' short names)
 from kegnet_pl.checkpointing import AtomicCheckpointIO, refuse_to_mix_runs
 from kegnet_pl.errors import KegnetError
-from kegnet_pl.modules.generator import NOISE_SETTINGS, noise_setting
+from kegnet_pl.modules.base import NOISE_SETTINGS, noise_setting
 
 # Frozen networks (teacher, trained generators) are in eval mode on purpose; the generator stage has no
 # validation (its NoiseDataModule offers held-out batches only when asked to).

@@ -23,11 +23,9 @@ carries real data (``NoiseDataModule(eval_data=...)``), the real accuracy is log
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 import torch
-from pytorch_lightning import LightningModule
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -46,19 +44,22 @@ from kegnet_pl.data.sources import (
 from kegnet_pl.errors import ConfigError
 from kegnet_pl.loading import load_classifier_and_spec
 from kegnet_pl.losses import distillation_loss
-from kegnet_pl.modules.checks import check_finite
-from kegnet_pl.modules.teacher import check_data_fits
-from kegnet_pl.nets import Frozen, build_classifier_from_spec
+from kegnet_pl.modules.base import TeacherStage
+from kegnet_pl.modules.checks import check_data_fits, check_finite
+from kegnet_pl.nets import build_classifier_from_spec
 
 Shorthand = Literal["kegnet", "uniform", "normal"]
 
 
-class StudentModule(LightningModule):
+class StudentModule(TeacherStage):
     """Distils the teacher into a compressed student from the inputs of a sample source.
 
     ``forward`` is the student's. The checkpoint holds teacher, source (with any generators) and student (with its
     exact ranks), so ``StudentModule.load_from_checkpoint(path)`` needs no other file.
     """
+
+    file_arguments = ("teacher", "generators")
+    spec_arguments = ("teacher_spec", "generator_spec", "student_ranks", "source_spec")
 
     def __init__(
         self,
@@ -127,10 +128,7 @@ class StudentModule(LightningModule):
             self.source = self._shorthand_source(source, generators, loaded, teacher_spec, generator_spec)
 
         teacher_net, teacher_spec = self._teacher(teacher, loaded, teacher_spec)
-        self.hparams["teacher_spec"] = teacher_spec
-        self.teacher = Frozen(teacher_net)
-        self.num_classes = teacher_spec["num_classes"]
-        self.input_shape = tuple(teacher_spec["input_shape"])
+        self.set_teacher(teacher_net, teacher_spec)
         self.source.bind(self.input_shape, self.num_classes, seed)
         self.hparams["source_spec"] = self.source.spec()
         self.hparams["generator_spec"] = None
@@ -286,8 +284,8 @@ class StudentModule(LightningModule):
     def summary(self) -> dict[str, float]:
         """Parameter counts of student and teacher and the compression ratio."""
         return {
+            **super().summary(),
             "params": parameter_count(self.student),
-            "teacher_params": parameter_count(self.teacher),
             "compression_ratio": self.compression_ratio,
         }
 
@@ -298,23 +296,23 @@ class StudentModule(LightningModule):
     def on_test_start(self) -> None:
         self.on_fit_start()
 
+    def trained_modules(self) -> list[nn.Module]:
+        return [self.student]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.teacher, self.source]
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        frozen = {id(p) for p in (*self.teacher.parameters(), *self.source.parameters())}
-        assert not frozen & {id(p) for p in params}, "a teacher or source parameter would be optimised"
-        if self.hparams.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.hparams.lr, momentum=0.9, weight_decay=self.hparams.weight_decay)
-        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        params, hp = self.trainable_parameters(), self.hparams
+        if hp.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+        return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Self-contained checkpoints: rebuilt from the specs and exact ranks, without the generator file."""
-        hparams = checkpoint.get("hyper_parameters")
-        if hparams is not None:
-            hparams["generators"] = None
-            hparams["teacher"] = None
-            hparams.pop("source", None)  # the source is rebuilt from source_spec
-            for key in ("teacher_spec", "generator_spec", "student_ranks", "source_spec"):
-                hparams[key] = copy.deepcopy(self.hparams[key])
+        super().on_save_checkpoint(checkpoint)
+        if checkpoint.get("hyper_parameters") is not None:
+            checkpoint["hyper_parameters"].pop("source", None)  # the source is rebuilt from source_spec
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Checkpoints of earlier versions held the generators at ``generators.*``: they now live in the source."""
