@@ -222,3 +222,18 @@ def test_a_checkpoint_of_the_earlier_format_still_loads(tmp_path, generator_ckpt
     assert isinstance(loaded.source, Pool) and loaded.source.size == 40
     for key, value in model.source.state_dict().items():
         assert torch.equal(loaded.source.state_dict()[key], value), key
+
+
+def test_a_registered_classifier_is_a_student_trained_from_scratch(tmp_path, generator_ckpt):
+    """lenet5-half, the DAFL/DFAD student: 15,738 parameters, 3.92x smaller than LeNet5, seeded initialisation."""
+    model = StudentModule(generators=generator_ckpt, student="lenet5-half", seed=1)
+    assert sum(p.numel() for p in model.student.parameters()) == 15_738
+    assert model.compression_ratio == pytest.approx(61_706 / 15_738) and model.hparams.student_ranks is None
+    again = StudentModule(generators=generator_ckpt, student="lenet5-half", seed=1)
+    assert torch.equal(model.student.conv3.weight, again.student.conv3.weight)
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    trainer.fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=1))
+    trainer.save_checkpoint(tmp_path / "half.ckpt")
+    loaded = StudentModule.load_from_checkpoint(tmp_path / "half.ckpt", weights_only=True).eval()
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(loaded(x), model.eval()(x))

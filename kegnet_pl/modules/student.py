@@ -46,7 +46,7 @@ from kegnet_pl.loading import load_classifier_and_spec
 from kegnet_pl.losses import distillation_loss
 from kegnet_pl.modules.base import TeacherStage
 from kegnet_pl.modules.checks import check_data_fits, check_finite
-from kegnet_pl.nets import build_classifier_from_spec
+from kegnet_pl.nets import build_classifier, build_classifier_from_spec, classifier_names
 
 Shorthand = Literal["kegnet", "uniform", "normal"]
 
@@ -86,8 +86,9 @@ class StudentModule(TeacherStage):
                 ``kegnet`` shorthand, the generators.
             teacher: the classifier to compress, if not the generators' own (a kegnet_pl checkpoint); its class
                 count and input shape must be those of the generators.
-            student: which layers to compress: a preset (``lenet5-s1``..``s3``, ``resnet14-s1``..``s3``,
-                ``mlp-r5``, ``mlp-r10``) or a spec mapping layer names/globs to rank rules.
+            student: which layers of the teacher to compress: a preset (``lenet5-s1``..``s3``,
+                ``resnet14-s1``..``s3``, ``mlp-r5``, ``mlp-r10``) or a spec mapping layer names/globs to rank rules;
+                or a registered classifier trained from scratch (``lenet5-half``, the DAFL/DFAD student).
             source: what makes the student's inputs: a SampleSource by ``class_path`` (``KegnetGenerators``,
                 ``UniformNoise``, ``NormalNoise``, ``Pool``, your own), or the shorthand ``kegnet`` (the generators
                 of ``generators``), ``uniform`` (U(-1,1)) or ``normal`` (N(0,1)).
@@ -99,7 +100,8 @@ class StudentModule(TeacherStage):
             lr: learning rate (the paper: 1e-5 for MNIST, 1e-4 otherwise).
             optimizer: ``adam`` (the paper) or ``sgd`` (momentum 0.9).
             weight_decay: weight decay of the optimiser.
-            seed: default seed of the source's pool (held-out and training batches are keyed by the data's seed).
+            seed: seed of a Pool that names none and of a student trained from scratch (held-out and training
+                batches are keyed by the data's seed).
             use_generators: shorthand ``kegnet`` only: which of the checkpoint's generators to sample from (default:
                 all).
             teacher_spec: filled in with the teacher's architecture; leave unset.
@@ -107,6 +109,7 @@ class StudentModule(TeacherStage):
             student_ranks: filled in with the exact ranks chosen for the student; leave unset.
             source_spec: filled in with what rebuilds the source without its files; leave unset.
         """
+        arguments = {key: value for key, value in locals().items() if key not in ("self", "source", "__class__")}
         super().__init__()
         if optimizer not in ("adam", "sgd"):
             raise ConfigError(f"StudentModule: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
@@ -118,6 +121,8 @@ class StudentModule(TeacherStage):
         if weight_decay < 0:
             raise ConfigError(f"StudentModule: weight_decay must be >= 0, got {weight_decay}")
         self.save_hyperparameters(ignore=["source"])
+        for key, value in arguments.items():  # a method built on this module may not expose every argument
+            self.hparams.setdefault(key, value)
 
         loaded = read_generator_checkpoint(generators) if generators is not None else None
         if source_spec is not None:  # rebuilt from a checkpoint of this module
@@ -133,11 +138,17 @@ class StudentModule(TeacherStage):
         self.hparams["source_spec"] = self.source.spec()
         self.hparams["generator_spec"] = None
 
-        base = build_classifier_from_spec(teacher_spec)
-        base.load_state_dict(teacher_net.state_dict())
-        self.student, report = compress_with_report(base, student_ranks or student, inplace=True)
+        if isinstance(student, str) and student in classifier_names():  # an architecture trained from scratch
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.student = build_classifier(student, self.input_shape, self.num_classes)
+            self.hparams["student_ranks"] = None
+        else:  # a Tucker-compressed copy of the teacher
+            base = build_classifier_from_spec(teacher_spec)
+            base.load_state_dict(teacher_net.state_dict())
+            self.student, report = compress_with_report(base, student_ranks or student, inplace=True)
+            self.hparams["student_ranks"] = report.ranks()
         self.student.requires_grad_(True)
-        self.hparams["student_ranks"] = report.ranks()
 
         self.metrics = nn.ModuleDict(
             {
