@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from kegnet_pl.atomic import atomic_write_text
 from kegnet_pl.checkpointing import AtomicCheckpointIO, keep_last_every_epoch, refuse_to_mix_runs
 from kegnet_pl.errors import CheckpointError, KegnetError, parser_message
 from kegnet_pl.loading import read_checkpoint
+from kegnet_pl.modules.base import NOISE_SETTINGS, noise_setting
 from kegnet_pl.nets.registry import TRUST_ENV, trust_arch
 
 #: The model options whose values name an architecture: what the user types there is trusted (see README, Security).
@@ -73,6 +75,9 @@ class KegnetCLI(LightningCLI):
             help="comma-separated import paths of classifiers (my_pkg.nets:MyNet) that checkpoints may name; a file "
             f"never chooses code on its own (also: the environment variable {TRUST_ENV})",
         )
+        for key in NOISE_SETTINGS:  # the noise a model draws is the model's to say (GeneratorModule.noise_settings)
+            compute = partial(noise_setting, key=key)
+            parser.link_arguments("model", f"data.init_args.{key}", compute_fn=compute, apply_on="instantiate")
 
     def parse_arguments(self, parser, args) -> None:
         """Parse, then trust the import paths the user typed (``arch`` / ``teacher_arch`` / ``--trust_arch``) before

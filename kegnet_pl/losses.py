@@ -1,4 +1,5 @@
-"""The three losses that train a KegNet generator (Yoo et al., NeurIPS 2019).
+"""The losses of the data-free stages: the three that train a KegNet generator (Yoo et al., NeurIPS 2019) and
+the distillation loss that trains a student.
 
 On a batch the generator and its decoder minimise
 ``classification_loss(M(x), y) + alpha * decoder_loss(D(x), z) + beta * diversity_loss(x, z)``
@@ -105,4 +106,18 @@ def naive_diversity_loss(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(dz * dx).mean())
 
 
-__all__ = ["classification_loss", "decoder_loss", "diversity_loss", "naive_diversity_loss"]
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """KL divergence (batch mean) from the teacher's softmax to the student's, at a temperature ``T``.
+
+    ``T**2 * mean_b sum_k p_bk (log p_bk - log q_bk)`` with ``p = softmax(teacher / T)`` and
+    ``q = softmax(student / T)``, computed in float32 at least. Scaled by ``T**2`` so that gradients keep their
+    size across temperatures (Hinton et al., 2015); at the paper's ``T = 1`` this is exactly KegNet's student loss.
+    """
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature**2
+
+
+__all__ = ["classification_loss", "decoder_loss", "distillation_loss", "diversity_loss", "naive_diversity_loss"]

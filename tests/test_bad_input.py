@@ -181,7 +181,8 @@ def generator_checkpoint(tmp_path_factory):
     trainer = Trainer(
         max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
     )
-    trainer.fit(GeneratorModule(teacher=TEACHER, n_generators=1), NoiseDataModule(batch_size=4, batches_per_epoch=1))
+    model = GeneratorModule(teacher=TEACHER, n_generators=1)
+    trainer.fit(model, NoiseDataModule(batch_size=4, batches_per_epoch=1, **model.noise_settings()))
     trainer.save_checkpoint(folder / "gen.ckpt")
     return folder / "gen.ckpt"
 

@@ -14,6 +14,8 @@ from kegnet_pl.loading import save_classifier
 from kegnet_pl.modules import GeneratorModule
 from kegnet_pl.nets import ResNet14
 
+IMAGES = '--trainer.callbacks+={"class_path": "kegnet_pl.images.SampleImages", "init_args": {"every_n_epochs": 1}}'
+
 
 def generator_config(tmp_path, **model_args):
     return tiny_config(
@@ -21,7 +23,7 @@ def generator_config(tmp_path, **model_args):
         "generator",
         model={
             "class_path": "GeneratorModule",
-            "init_args": {"teacher": TEACHER, "n_generators": 2, "beta": 1.0, "image_every_n_epochs": 1, **model_args},
+            "init_args": {"teacher": TEACHER, "n_generators": 2, "beta": 1.0, **model_args},
         },
         data={"class_path": "NoiseDataModule", "init_args": {"batch_size": 16, "batches_per_epoch": 3}},
         **{"trainer.max_epochs": 2},
@@ -31,7 +33,7 @@ def generator_config(tmp_path, **model_args):
 def test_fit_writes_checkpoint_tensorboard_scalars_images_and_png(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    main(["fit", "--config", str(generator_config(tmp_path))])
+    main(["fit", "--config", str(generator_config(tmp_path)), IMAGES])
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
     (events,) = (tmp_path / "tb").rglob("events.out.tfevents.*")
     acc = EventAccumulator(str(events))
@@ -42,7 +44,9 @@ def test_fit_writes_checkpoint_tensorboard_scalars_images_and_png(tmp_path):
         assert f"train/gen{g}/teacher_acc" in scalars
     assert {"samples/gen0", "samples/gen1"} <= set(acc.Tags()["images"])
     png = Image.open(tmp_path / "ckpt" / "samples_gen0.png")
-    assert png.size == (2 + 8 * 34, 2 + 10 * 34)  # 8 noise columns, one row per class of 32x32 images
+    assert png.size == (22 + 2 + 8 * 34, 2 + 10 * 34)  # class numbers, 8 noise columns, a row per class of 32x32
+    both = Image.open(tmp_path / "ckpt" / "samples_gen-all.png")
+    assert both.size == (2 * png.size[0] + 8, png.size[1])  # every generator, side by side
 
 
 def test_teacher_unchanged_frozen_and_in_chosen_mode(tmp_path):
@@ -50,7 +54,9 @@ def test_teacher_unchanged_frozen_and_in_chosen_mode(tmp_path):
     for mode in ("eval", "train"):
         model = GeneratorModule(teacher=str(teacher_file), n_generators=1, teacher_batchnorm=mode)
         before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
-        quiet_trainer(tmp_path, max_steps=2).fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=2))
+        quiet_trainer(tmp_path, max_steps=2).fit(
+            model, NoiseDataModule(batch_size=8, batches_per_epoch=2, **model.noise_settings())
+        )
         after = model.teacher.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before), mode  # BatchNorm buffers included
         assert model.teacher.net.norm1.training == (mode == "train")
@@ -77,9 +83,9 @@ def test_generators_start_from_different_reproducible_weights():
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     straight = tmp_path / "straight"
-    main(["fit", "--config", str(generator_config(straight, image_every_n_epochs=0))])
+    main(["fit", "--config", str(generator_config(straight))])
     split = tmp_path / "split"
-    config = generator_config(split, image_every_n_epochs=0)
+    config = generator_config(split)
     main(["fit", "--config", str(config), "--trainer.max_epochs", "1"])
     main(["fit", "--config", str(config), "--ckpt_path", "last"])
     a = torch.load(straight / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
@@ -93,7 +99,7 @@ def test_checkpoint_alone_is_enough_to_sample(tmp_path):
     teacher_file = save_classifier(ResNet14((1, 32, 32)), tmp_path / "t.ckpt", "resnet14")
     model = GeneratorModule(teacher=str(teacher_file), n_generators=1)
     trainer = quiet_trainer(tmp_path, max_steps=1)
-    trainer.fit(model, NoiseDataModule(batch_size=4, batches_per_epoch=1))
+    trainer.fit(model, NoiseDataModule(batch_size=4, batches_per_epoch=1, **model.noise_settings()))
     trainer.save_checkpoint(tmp_path / "gen.ckpt")
     teacher_file.unlink()
     loaded = GeneratorModule.load_from_checkpoint(tmp_path / "gen.ckpt", weights_only=True).eval()
@@ -132,7 +138,7 @@ class RecordNoise(Callback):
 def test_ddp_ranks_draw_different_noise(tmp_path):
     model = GeneratorModule(teacher=TEACHER, n_generators=1)
     trainer = quiet_trainer(tmp_path, strategy="ddp_spawn", devices=2, max_steps=1, callbacks=[RecordNoise(tmp_path)])
-    trainer.fit(model, NoiseDataModule(batch_size=4, batches_per_epoch=4))
+    trainer.fit(model, NoiseDataModule(batch_size=4, batches_per_epoch=4, **model.noise_settings()))
     rank0, rank1 = (torch.load(tmp_path / f"noise_rank{r}.pt") for r in (0, 1))
     assert rank0.shape == rank1.shape == (1, 4, 10)
     assert not torch.allclose(rank0, rank1)
@@ -152,3 +158,14 @@ def test_kegnet_test_reports_generators_on_held_out_noise_and_teacher_on_real_da
     assert "test/gen1/teacher_acc" in out and "test/gen0/diversity" in out
     teacher = float(next(line.split()[-1] for line in out.splitlines() if line.strip().startswith("test/teacher_acc")))
     assert teacher == pytest.approx(0.974, abs=1e-3)  # the shipped teacher on the subset's test split
+
+
+def test_grid_samples_leave_the_generators_untouched():
+    model = GeneratorModule(teacher=TEACHER, n_generators=2)
+    model.train()
+    before = {k: v.clone() for k, v in model.generators.state_dict().items()}
+    samples = model.grid_samples(columns=3, seed=0)
+    assert len(samples) == 2 and samples[0].shape == (10 * 3, 1, 32, 32)
+    assert all(torch.equal(before[k], v) for k, v in model.generators.state_dict().items())  # BatchNorm included
+    assert all(net.training for net in model.generators)
+    assert torch.equal(samples[1], model.grid_samples(columns=3, seed=0)[1])

@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kegnet_pl.losses import classification_loss, decoder_loss, diversity_loss, naive_diversity_loss
+from kegnet_pl.losses import (
+    classification_loss,
+    decoder_loss,
+    distillation_loss,
+    diversity_loss,
+    naive_diversity_loss,
+)
 
 
 def reference_diversity(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -121,3 +127,15 @@ def test_diversity_loss_of_half_precision_samples(dtype: torch.dtype) -> None:
     loss.backward()
     assert loss.dtype == torch.float32 and low.grad.dtype == dtype
     assert loss.item() == pytest.approx(reference_diversity(low.detach().double(), z.double()).item(), rel=1e-5)
+
+
+def test_distillation_loss_is_the_kl_from_teacher_to_student():
+    s, t = torch.randn(5, 10), torch.randn(5, 10)
+    p = t.softmax(-1)
+    expected = (p * (p.log() - s.log_softmax(-1))).sum(-1).mean()
+    assert torch.allclose(distillation_loss(s, t), expected, atol=1e-6)
+    assert distillation_loss(t, t).abs() < 1e-6
+    temperature = 4.0
+    p = (t / temperature).softmax(-1)
+    expected = temperature**2 * (p * (p.log() - (s / temperature).log_softmax(-1))).sum(-1).mean()
+    assert torch.allclose(distillation_loss(s, t, temperature), expected, atol=1e-5)

@@ -1,6 +1,8 @@
 import pytest
 import torch
+from conftest import ROOT, TEACHER
 
+from kegnet_pl.cli import build_cli
 from kegnet_pl.data import NoiseDataModule, sample_batch, sample_labels
 from kegnet_pl.errors import ConfigError
 
@@ -37,22 +39,30 @@ def test_uniform_soft_labels_are_unnormalised_in_0_1():
         sample_labels(4, 5, "gauss")
 
 
-def test_datamodule_settings_must_agree_with_the_model():
-    class Model:
-        num_classes, noise_dim, noise_streams, label_distribution = 10, 10, 5, "onehot"
-
-    class Trainer:
-        lightning_module = Model()
-
-    data = NoiseDataModule(batch_size=4, batches_per_epoch=2, num_classes=7)
-    data.trainer = Trainer()
-    with pytest.raises(ConfigError, match="NoiseDataModule has num_classes=7 but Model has 10"):
-        data.setup("fit")
-    data = NoiseDataModule(batch_size=4, batches_per_epoch=2)
-    data.trainer = Trainer()
-    data.setup("fit")
-    assert data.sample(0, 0, 1)["labels"].shape == (5, 4, 10)
+def test_datamodule_draws_the_streams_it_is_given():
+    data = NoiseDataModule(batch_size=4, batches_per_epoch=2, streams=5, num_classes=10, noise_dim=3)
+    batch = data.sample(0, 0, 1)
+    assert batch["labels"].shape == (5, 4, 10) and batch["noise"].shape == (5, 4, 3) and int(batch["size"]) == 4
     assert len(data.train_dataloader()) == 2
+    with pytest.raises(ConfigError, match="streams=5 needs num_classes and noise_dim too"):
+        NoiseDataModule(streams=5)
+
+
+def test_without_streams_a_batch_is_its_seed_and_size():
+    data = NoiseDataModule(batch_size=4, batches_per_epoch=2, seed=3)
+    batch = data.sample(0, 1, 1)
+    assert set(batch) == {"seed", "size"} and int(batch["size"]) == 4
+    assert int(batch["seed"]) == int(data.sample(0, 1, 1)["seed"])
+    others = [data.sample(1, 1, 1), data.sample(0, 0, 1), data.sample(0, 1, 0), NoiseDataModule(seed=4).sample(0, 1, 1)]
+    assert len({int(batch["seed"]), *(int(other["seed"]) for other in others)}) == 5
+
+
+def test_kegnet_links_the_datamodule_to_the_generator_model():
+    """The CLI fills the NoiseDataModule's streams, classes, noise size and label distribution from the model."""
+    args = ["--config", str(ROOT / "configs/mnist_subset/generator.yaml"), "--model.teacher", TEACHER]
+    args += ["--model.n_generators", "3", "--model.noise_dim", "6", "--model.label_distribution", "uniform"]
+    cli = build_cli([*args, "--trainer.logger", "false", "--trainer.callbacks", "[]"], run=False)
+    assert cli.datamodule.settings == {"streams": 3, "num_classes": 10, "noise_dim": 6, "label_distribution": "uniform"}
 
 
 @pytest.mark.parametrize("field", ["batch_size", "batches_per_epoch"])

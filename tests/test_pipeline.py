@@ -23,7 +23,6 @@ TINY = {
         f"--model.teacher={ROOT / 'checkpoints/mnist_subset_lenet5.ckpt'}",
         "--trainer.max_epochs=1",
         "--model.n_generators=1",
-        "--model.image_every_n_epochs=0",
         "--data.batch_size=16",
         "--data.batches_per_epoch=2",
     ],
@@ -75,6 +74,8 @@ def test_pipeline_writes_results_and_skips_finished_stages(tmp_path, capsys):
     stage = run / "seed0" / "student1-kegnet"
     assert (stage / "checkpoints" / "last.ckpt").is_file() and list((stage / "tensorboard").rglob("events.*"))
     assert (stage / "config.yaml").is_file()
+    grids = run / "seed0" / "generator" / "checkpoints" / "samples_gen-all.png"
+    assert (run / "samples.png").read_bytes() == grids.read_bytes()  # every generator's grid, not generator 0's
 
     main(["--config", str(config)])  # again: every stage is skipped, the same table comes back
     again = capsys.readouterr().out

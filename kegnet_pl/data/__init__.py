@@ -1,8 +1,10 @@
-"""LightningDataModules: real data (teachers, evaluation) and the sampled noise of the data-free stages."""
+"""LightningDataModules (real data for teachers and evaluation, the sampled noise of the data-free stages) and the
+sample sources that make a student's inputs."""
 
 from kegnet_pl.data.base import ClassificationDataModule, stratified_split
 from kegnet_pl.data.noise import NoiseDataModule, sample_batch, sample_labels
 from kegnet_pl.data.offline import CSVDataModule, DigitsDataModule, MNISTSubsetDataModule
+from kegnet_pl.data.sources import KegnetGenerators, NormalNoise, Pool, SampleSource, UniformNoise
 from kegnet_pl.data.vision import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule, SVHNDataModule
 
 __all__ = [
@@ -11,10 +13,15 @@ __all__ = [
     "ClassificationDataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
+    "KegnetGenerators",
     "MNISTDataModule",
     "MNISTSubsetDataModule",
     "NoiseDataModule",
+    "NormalNoise",
+    "Pool",
     "SVHNDataModule",
+    "SampleSource",
+    "UniformNoise",
     "sample_batch",
     "sample_labels",
     "stratified_split",

@@ -1,8 +1,8 @@
-"""The data of the data-free stages: sampled labels and noise vectors, never real data.
+"""The data of the data-free stages: per-batch seeds, sampled labels and noise vectors, never real data.
 
 Each batch is a pure function of ``(seed, epoch, rank, index)``: every epoch draws fresh noise, every DDP rank
 draws its own, and a run resumed from a checkpoint sees exactly the batches an uninterrupted run would.
-The loader only carries batch indices; the labels and noise are drawn (on the CPU, so the same numbers come
+The loader only carries batch indices; the seeds, labels and noise are drawn (on the CPU, so the same numbers come
 out on any device) in :meth:`NoiseDataModule.on_before_batch_transfer`, when the trainer's epoch and rank
 are known.
 """
@@ -22,10 +22,15 @@ from kegnet_pl.errors import ConfigError
 LabelDistribution = Literal["onehot", "uniform"]
 
 
+def derive_seed(*keys: object) -> int:
+    """A 63-bit seed that depends on every one of ``keys`` (a hash, so nearby keys give unrelated seeds)."""
+    text = "/".join(str(key) for key in ("kegnet", *keys))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
 def stream_seed(seed: int, epoch: int, rank: int, index: int) -> int:
-    """A 63-bit seed that depends on every one of ``(seed, epoch, rank, index)``."""
-    digest = hashlib.blake2b(f"kegnet/{seed}/{epoch}/{rank}/{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    """The seed of batch ``index`` of ``epoch`` on ``rank`` (held-out batches: epoch -1, rank 0)."""
+    return derive_seed(seed, epoch, rank, index)
 
 
 def sample_labels(
@@ -75,14 +80,18 @@ class _Indices(Dataset):
 
 
 class NoiseDataModule(LightningDataModule):
-    """Batches of sampled ``labels`` and ``noise`` for the generator stage (one stream per generator).
+    """Batches of randomness for the data-free stages, never real data.
 
-    ``num_classes``, ``noise_dim``, ``streams`` and ``label_distribution`` default to the attached model's
-    (``num_classes``, ``noise_dim``, ``noise_streams``, ``label_distribution``), so a config need not repeat them;
-    values given here must agree with the model's.
+    Every batch holds ``seed``, a seed of its own (a function of the data seed, the epoch, the rank and the batch
+    index) and ``size``, the batch size: a stage that makes its own inputs (the student, from its sample source)
+    draws them with a generator seeded by it. With ``streams`` set, batches also hold sampled ``labels``
+    ``(streams, batch_size, num_classes)`` and ``noise`` ``(streams, batch_size, noise_dim)``, one stream per
+    generator of the generator stage. ``kegnet`` links ``streams``, ``num_classes``, ``noise_dim`` and
+    ``label_distribution`` to the model's (``noise_settings()``), so a config does not repeat them; in Python,
+    pass them yourself (``NoiseDataModule(..., **model.noise_settings())``).
 
-    Validation and test batches: ``val_batches`` fixed held-out batches (the same in every epoch, drawn with
-    epoch -1), for data-free figures such as the student's agreement with the teacher, followed by the
+    Validation and test batches: ``val_batches`` fixed held-out batches (the same in every epoch and on every rank,
+    drawn with epoch -1), for data-free figures such as the student's agreement with the teacher, followed by the
     validation/test split of ``eval_data``, a real DataModule, when one is given. The training split of
     ``eval_data`` is never used.
     """
@@ -95,7 +104,7 @@ class NoiseDataModule(LightningDataModule):
         num_classes: int | None = None,
         noise_dim: int | None = None,
         streams: int | None = None,
-        label_distribution: LabelDistribution | None = None,
+        label_distribution: LabelDistribution = "onehot",
         val_batches: int = 0,
         eval_data: LightningDataModule | None = None,
     ) -> None:
@@ -104,10 +113,11 @@ class NoiseDataModule(LightningDataModule):
             batch_size: samples per generator per step, per device (the paper: 256).
             batches_per_epoch: steps in an epoch, over all devices (the paper's "epoch": 100 batches).
             seed: seed of the stream; with epoch, rank and batch index it fixes every sample.
-            num_classes: classes of the labels (default: the model's).
-            noise_dim: size of each noise vector (default: the model's; the paper: 10).
-            streams: independent streams per batch, one per generator (default: the model's n_generators).
-            label_distribution: ``onehot`` or ``uniform`` soft labels (default: the model's).
+            num_classes: classes of the labels (linked to the model's by ``kegnet``).
+            noise_dim: size of each noise vector (linked to the model's; the paper: 10).
+            streams: independent label and noise streams per batch, one per generator (linked to the model's;
+                ``null``: batches carry only their seed and size).
+            label_distribution: ``onehot`` or ``uniform`` soft labels (linked to the model's).
             val_batches: fixed held-out batches for validation and test (0: none).
             eval_data: a real-data DataModule whose validation and test splits are evaluated too (optional).
         """
@@ -116,6 +126,18 @@ class NoiseDataModule(LightningDataModule):
         check_positive("batches_per_epoch", batches_per_epoch, "NoiseDataModule")
         if val_batches < 0:
             raise ConfigError(f"NoiseDataModule: val_batches must be >= 0, got {val_batches}")
+        if streams is not None:
+            check_positive("streams", streams, "NoiseDataModule")
+            missing = [name for name, value in (("num_classes", num_classes), ("noise_dim", noise_dim)) if not value]
+            if missing:
+                raise ConfigError(
+                    f"NoiseDataModule: streams={streams} needs {' and '.join(missing)} too "
+                    "(kegnet links them to the model's; in Python pass **model.noise_settings())"
+                )
+        if label_distribution not in ("onehot", "uniform"):
+            raise ConfigError(
+                f"NoiseDataModule: label_distribution must be 'onehot' or 'uniform', got {label_distribution!r}"
+            )
         self.batch_size = batch_size
         self.batches_per_epoch = batches_per_epoch
         self.val_batches = val_batches
@@ -129,25 +151,6 @@ class NoiseDataModule(LightningDataModule):
         }
 
     def setup(self, stage: str | None = None) -> None:
-        model = self.trainer.lightning_module if self.trainer is not None else None
-        from_model = {
-            "num_classes": getattr(model, "num_classes", None),
-            "noise_dim": getattr(model, "noise_dim", None),
-            "streams": getattr(model, "noise_streams", None),
-            "label_distribution": getattr(model, "label_distribution", None),
-        }
-        for key, value in self.settings.items():
-            model_value = from_model[key]
-            if value is None:
-                if model_value is None:
-                    raise ConfigError(f"NoiseDataModule: set {key}, or attach a model that defines it")
-                self.settings[key] = model_value
-            elif model_value is not None and value != model_value:
-                raise ConfigError(
-                    f"NoiseDataModule has {key}={value!r} but {type(model).__name__} has {model_value!r}; "
-                    f"remove data.init_args.{key} to use the model's value"
-                )
-
         if self.eval_data is not None and stage in ("fit", "validate", "test", None):
             self.eval_data.trainer = self.trainer
             self.eval_data.setup(stage)
@@ -174,7 +177,12 @@ class NoiseDataModule(LightningDataModule):
     def sample(self, epoch: int, rank: int, index: int) -> dict[str, torch.Tensor]:
         """The batch at ``(epoch, rank, index)`` of this stream."""
         settings = self.settings
-        return sample_batch(
+        if settings["streams"] is None:
+            return {
+                "seed": torch.tensor(stream_seed(self.seed, epoch, rank, index)),
+                "size": torch.tensor(self.batch_size),
+            }
+        batch = sample_batch(
             self.seed,
             epoch,
             rank,
@@ -185,6 +193,7 @@ class NoiseDataModule(LightningDataModule):
             noise_dim=settings["noise_dim"],
             distribution=settings["label_distribution"],
         )
+        return {**batch, "size": torch.tensor(self.batch_size)}
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if not (isinstance(batch, int) or (isinstance(batch, torch.Tensor) and batch.ndim == 0)):
@@ -193,6 +202,11 @@ class NoiseDataModule(LightningDataModule):
         if trainer.training:
             return self.sample(trainer.current_epoch, trainer.global_rank, int(batch))
         return self.sample(-1, 0, int(batch))  # the fixed held-out batches, the same on every rank and epoch
+
+
+def batch_generator(batch: dict[str, torch.Tensor]) -> torch.Generator:
+    """A CPU random generator seeded by a noise batch's own ``seed``: what a stage draws that batch's inputs with."""
+    return torch.Generator().manual_seed(int(batch["seed"]))
 
 
 InputDistribution = Literal["uniform", "normal"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from kegnet_pl.errors import NumericalError
+from kegnet_pl.errors import ConfigError, NumericalError
 
 
 def check_finite(stage: str, step: int, epoch: int, terms: dict[str, torch.Tensor]) -> None:
@@ -20,3 +22,17 @@ def check_finite(stage: str, step: int, epoch: int, terms: dict[str, torch.Tenso
                 f"(epoch {epoch}); training stopped and the last good checkpoint is kept. Resume with "
                 "--ckpt_path last, perhaps with a lower --model.lr"
             )
+
+
+def check_data_fits(module_name: str, input_shape: tuple[int, ...], num_classes: int, datamodule: Any) -> None:
+    """Fail early when a DataModule's shapes differ from the network's, naming both numbers."""
+    if datamodule is None:
+        return
+    data_shape = tuple(getattr(datamodule, "input_shape", input_shape))
+    data_classes = getattr(datamodule, "num_classes", num_classes)
+    if data_shape != tuple(input_shape) or data_classes != num_classes:
+        raise ConfigError(
+            f"{module_name} expects input_shape={tuple(input_shape)} and num_classes={num_classes}, but "
+            f"{type(datamodule).__name__} gives input_shape={data_shape} and num_classes={data_classes}; "
+            "make the model's input_shape/num_classes match the data"
+        )

@@ -11,19 +11,16 @@ into one optimiser step, which trains each pair exactly as if it were trained al
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pytorch_lightning import LightningModule
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from kegnet_pl.errors import ConfigError
-from kegnet_pl.loading import CheckedLoading, load_classifier_and_spec
 from kegnet_pl.losses import classification_loss, decoder_loss, diversity_loss
+from kegnet_pl.modules.base import TeacherStage, load_teacher
 from kegnet_pl.modules.checks import check_finite
-from kegnet_pl.nets import Frozen, build_classifier_from_spec
 from kegnet_pl.nets.generators import Decoder, build_generator
 
 
@@ -43,24 +40,7 @@ def check_teacher_fits(
         )
 
 
-def load_teacher(
-    teacher: str | None,
-    teacher_arch: str | None,
-    input_shape: list[int] | None,
-    num_classes: int | None,
-    teacher_spec: dict[str, Any] | None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The teacher from its file, or rebuilt from a checkpoint's ``teacher_spec`` (its weights then come from the
-    checkpoint's state dict)."""
-    if teacher is not None:
-        return load_classifier_and_spec(teacher, arch=teacher_arch, input_shape=input_shape, num_classes=num_classes)
-    if teacher_spec:
-        spec = dict(teacher_spec)
-        return build_classifier_from_spec(spec).eval(), spec
-    raise ConfigError("GeneratorModule needs a teacher: set model.init_args.teacher to the teacher's weights file")
-
-
-class GeneratorModule(CheckedLoading, LightningModule):
+class GeneratorModule(TeacherStage):
     """Trains ``n_generators`` generator-decoder pairs against a frozen teacher (KegNet's knowledge extraction).
 
     Batches come from :class:`kegnet_pl.data.NoiseDataModule`: ``labels`` of shape (n_generators, B, classes)
@@ -83,8 +63,6 @@ class GeneratorModule(CheckedLoading, LightningModule):
         teacher_batchnorm: Literal["eval", "train"] = "eval",
         num_classes: int | None = None,
         input_shape: list[int] | None = None,
-        image_every_n_epochs: int = 10,
-        image_columns: int = 8,
         seed: int = 0,
     ) -> None:
         """
@@ -105,9 +83,7 @@ class GeneratorModule(CheckedLoading, LightningModule):
             num_classes: the teacher's class count: checked against a file that records it, needed for one that
                 does not (KegNet files, state dicts).
             input_shape: the teacher's input shape, checked or needed likewise.
-            image_every_n_epochs: log an image grid per generator to TensorBoard every this many epochs (0: never).
-            image_columns: noise vectors per class in the image grid (the first is z = 0).
-            seed: seed of the generators' initialisation (generator g uses ``seed + g``) and of the grid's noise.
+            seed: seed of the generators' initialisation (generator g uses ``seed + g``).
         """
         super().__init__()
         for name, value in (("n_generators", n_generators), ("noise_dim", noise_dim), ("lr", lr)):
@@ -124,17 +100,12 @@ class GeneratorModule(CheckedLoading, LightningModule):
             raise ConfigError(
                 f"GeneratorModule: teacher_batchnorm must be 'eval' or 'train', got {teacher_batchnorm!r}"
             )
-        net, spec = load_teacher(teacher, teacher_arch, input_shape, num_classes, teacher_spec)
+        net, spec = load_teacher(teacher, teacher_arch, input_shape, num_classes, teacher_spec, "GeneratorModule")
         check_teacher_fits(spec["input_shape"], spec["num_classes"], input_shape, num_classes)
         self.save_hyperparameters()
-        self.hparams["teacher_spec"] = spec
-        self.teacher = Frozen(net, batchnorm_train=teacher_batchnorm == "train")
-        self.num_classes = spec["num_classes"]
-        self.input_shape = tuple(spec["input_shape"])
+        self.set_teacher(net, spec, batchnorm_train=teacher_batchnorm == "train")
         self.noise_dim = noise_dim
         self.n_generators = n_generators
-        self.noise_streams = n_generators  # one noise stream per generator in every batch
-        self.label_distribution = label_distribution
         generators, decoders = [], []
         for g in range(n_generators):
             with torch.random.fork_rng(devices=[]):
@@ -152,6 +123,16 @@ class GeneratorModule(CheckedLoading, LightningModule):
                 for name in [*map("gen{}".format, range(n_generators)), "real"]
             }
         )
+
+    def noise_settings(self) -> dict[str, Any]:
+        """What its NoiseDataModule must draw: one label and noise stream per generator (``kegnet`` links these to
+        the DataModule's arguments)."""
+        return {
+            "streams": self.n_generators,
+            "num_classes": self.num_classes,
+            "noise_dim": self.noise_dim,
+            "label_distribution": self.hparams.label_distribution,
+        }
 
     # --- sampling ------------------------------------------------------------------------------------
     def forward(self, labels: torch.Tensor, noise: torch.Tensor, generator: int = 0) -> torch.Tensor:
@@ -213,80 +194,36 @@ class GeneratorModule(CheckedLoading, LightningModule):
 
     def summary(self) -> dict[str, float]:
         """Parameter counts: teacher, and one generator with its decoder."""
-        return {
-            "teacher_params": sum(p.numel() for p in self.teacher.parameters()),
-            "params": sum(p.numel() for p in (*self.generators[0].parameters(), *self.decoders[0].parameters())),
-        }
+        pair = (*self.generators[0].parameters(), *self.decoders[0].parameters())
+        return {**super().summary(), "params": sum(p.numel() for p in pair)}
+
+    def trained_modules(self) -> list[nn.Module]:
+        return [self.generators, self.decoders]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in (*self.generators.parameters(), *self.decoders.parameters()) if p.requires_grad]
-        teacher_ids = {id(p) for p in self.teacher.parameters()}
-        assert not teacher_ids & {id(p) for p in params}, "a teacher parameter would be optimised"
-        return torch.optim.Adam(params, lr=self.hparams.lr)
+        return torch.optim.Adam(self.trainable_parameters(), lr=self.hparams.lr)
 
-    # --- images --------------------------------------------------------------------------------------
+    # --- images ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample_grid(self, generator: int, columns: int | None = None) -> torch.Tensor | None:
-        """An image grid (3, H, W) of one generator: a row per class, a column per fixed noise (z = 0 first).
+    def grid_samples(self, columns: int, seed: int) -> list[torch.Tensor]:
+        """Per generator, the samples of an image grid: a row per class, a column per noise vector (``z = 0`` first,
+        the others drawn from ``seed``), as a tensor ``(classes * columns, *input_shape)``; none for tabular data.
 
-        Drawn in eval mode (BatchNorm uses running statistics and is not updated); the generator's mode is
-        restored afterwards. ``None`` for tabular generators.
+        Drawn in eval mode (BatchNorm uses running statistics and is not updated); each generator's mode is
+        restored afterwards. :class:`kegnet_pl.images.SampleImages` lays them out, logs and saves them.
         """
-        from torchvision.utils import make_grid
-
         if len(self.input_shape) != 3:
-            return None
-        columns = columns or self.hparams.image_columns
-        generator_net = self.generators[generator]
-        noise = torch.randn(columns, self.noise_dim, generator=torch.Generator().manual_seed(self.hparams.seed))
+            return []
+        noise = torch.randn(columns, self.noise_dim, generator=torch.Generator().manual_seed(seed))
         noise[0] = 0.0
         noise = noise.to(self.device).repeat(self.num_classes, 1)
         labels = torch.eye(self.num_classes, device=self.device).repeat_interleave(columns, 0)
-        was_training = generator_net.training
-        generator_net.eval()
-        try:
-            images = generator_net(labels, noise).float().cpu()
-        finally:
-            generator_net.train(was_training)
-        return make_grid(images, nrow=columns, normalize=True, scale_each=True, pad_value=1.0)
-
-    def _log_images(self) -> None:
-        experiment = getattr(self.logger, "experiment", None)
-        if not self.trainer.is_global_zero or not hasattr(experiment, "add_image"):
-            return
-        for g in range(self.n_generators):
-            grid = self.sample_grid(g)
-            if grid is not None:
-                experiment.add_image(f"samples/gen{g}", grid, global_step=self.global_step)
-
-    def on_train_epoch_end(self) -> None:
-        every = self.hparams.image_every_n_epochs
-        if every and (self.current_epoch + 1) % every == 0:
-            self._log_images()
-
-    def on_train_end(self) -> None:
-        """Save the final grids as PNG files next to the checkpoints (rank 0 only) and log them."""
-        if not self.trainer.is_global_zero:
-            return
-        self._log_images()
-        callback = self.trainer.checkpoint_callback
-        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
-        if folder is None and self.logger is not None and self.logger.log_dir:
-            folder = Path(self.logger.log_dir)
-        if folder is None:
-            return
-        from torchvision.utils import save_image
-
-        folder.mkdir(parents=True, exist_ok=True)
-        for g in range(self.n_generators):
-            grid = self.sample_grid(g)
-            if grid is not None:
-                save_image(grid, folder / f"samples_gen{g}.png")
-
-    # --- checkpoints ---------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Make the checkpoint self-contained: the teacher is rebuilt from ``teacher_spec`` and the state dict."""
-        hparams = checkpoint.get("hyper_parameters")
-        if hparams is not None:
-            hparams["teacher"] = None
-            hparams["teacher_spec"] = dict(self.hparams.teacher_spec)
+        samples = []
+        for net in self.generators:
+            was_training = net.training
+            net.eval()
+            try:
+                samples.append(net(labels, noise).float().cpu())
+            finally:
+                net.train(was_training)
+        return samples

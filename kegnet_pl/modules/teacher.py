@@ -11,22 +11,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from kegnet_pl.errors import ConfigError
 from kegnet_pl.loading import CheckedLoading, load_classifier
-from kegnet_pl.modules.checks import check_finite
+from kegnet_pl.modules.checks import check_data_fits, check_finite
 from kegnet_pl.nets.registry import build_classifier
-
-
-def check_data_fits(module_name: str, input_shape: tuple[int, ...], num_classes: int, datamodule: Any) -> None:
-    """Fail early when a DataModule's shapes differ from the network's, naming both numbers."""
-    if datamodule is None:
-        return
-    data_shape = tuple(getattr(datamodule, "input_shape", input_shape))
-    data_classes = getattr(datamodule, "num_classes", num_classes)
-    if data_shape != tuple(input_shape) or data_classes != num_classes:
-        raise ConfigError(
-            f"{module_name} expects input_shape={tuple(input_shape)} and num_classes={num_classes}, but "
-            f"{type(datamodule).__name__} gives input_shape={data_shape} and num_classes={data_classes}; "
-            "make the model's input_shape/num_classes match the data"
-        )
 
 
 class TeacherModule(CheckedLoading, LightningModule):

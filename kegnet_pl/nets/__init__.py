@@ -1,6 +1,6 @@
 """Plain ``torch.nn`` networks: no Lightning in here."""
 
-from kegnet_pl.nets.classifiers import MLP, LeNet5, ResNet14
+from kegnet_pl.nets.classifiers import MLP, LeNet5, LeNet5Half, ResNet14
 from kegnet_pl.nets.frozen import Frozen
 from kegnet_pl.nets.registry import (
     build_classifier,
@@ -14,6 +14,7 @@ __all__ = [
     "Frozen",
     "MLP",
     "LeNet5",
+    "LeNet5Half",
     "ResNet14",
     "build_classifier",
     "build_classifier_from_spec",

@@ -1,4 +1,5 @@
-"""The teacher classifiers of KegNet (Yoo et al., NeurIPS 2019): LeNet5, ResNet-14 and a tabular MLP.
+"""The teacher classifiers of KegNet (Yoo et al., NeurIPS 2019): LeNet5, ResNet-14 and a tabular MLP; and
+LeNet-5-half, the student of the DAFL and DFAD papers.
 
 State-dict keys follow the authors' release, so their ``{'model_state': ...}`` teacher files load unchanged.
 Every classifier takes ``input_shape`` (without the batch dimension) and ``num_classes`` and keeps both as
@@ -37,6 +38,29 @@ class LeNet5(nn.Module):
         self.conv3 = nn.Conv2d(16, 120, kernel_size=5)
         self.fc1 = nn.Linear(120, 84)
         self.fc2 = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.conv3(x)).flatten(1)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+@register_classifier("lenet5-half")
+class LeNet5Half(nn.Module):
+    """LeNet-5-half, the student of DAFL (Chen et al., ICCV 2019) and DFAD (Fang et al., 2019): LeNet5 with half
+    the channels and units (conv 1->3, 3->8, 8->60, fc 60->42->10), 15,738 parameters for 1x32x32 inputs and 10
+    classes, 3.92x fewer than LeNet5. Trained from scratch (``StudentModule(student="lenet5-half")``)."""
+
+    def __init__(self, input_shape: Sequence[int] = (1, 32, 32), num_classes: int = 10) -> None:
+        super().__init__()
+        self.input_shape = _image_shape("LeNet5Half", input_shape)
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(self.input_shape[0], 3, kernel_size=5)
+        self.conv2 = nn.Conv2d(3, 8, kernel_size=5)
+        self.conv3 = nn.Conv2d(8, 60, kernel_size=5)
+        self.fc1 = nn.Linear(60, 42)
+        self.fc2 = nn.Linear(42, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)

@@ -1,0 +1,79 @@
+"""DFAD: its loss against the paper's formula, its trainable generator source, a fit through kegnet, and resume."""
+
+import torch
+from conftest import ROOT, TEACHER, tiny_config
+
+from kegnet_pl.cli import main
+from kegnet_pl.data.sources import build_source
+from kegnet_pl.modules.dfad import DFADGenerator, DFADModule, dfad_discrepancy
+
+
+def dfad_config(tmp_path, **model_args):
+    init_args = {"teacher": TEACHER, "noise_dim": 8, "generator_width": 8, "student_steps": 2, **model_args}
+    return tiny_config(
+        tmp_path,
+        "dfad",
+        model={"class_path": "kegnet_pl.modules.dfad.DFADModule", "init_args": init_args},
+        data={
+            "class_path": "NoiseDataModule",
+            "init_args": {"batch_size": 8, "batches_per_epoch": 2, "val_batches": 1},
+        },
+        **{"trainer.max_epochs": 2},
+    )
+
+
+def test_discrepancy_is_the_mean_absolute_logit_gap():
+    s, t = torch.randn(6, 10), torch.randn(6, 10)
+    naive = sum(abs(s[b, k] - t[b, k]) for b in range(6) for k in range(10)) / 60
+    assert torch.allclose(dfad_discrepancy(s, t), naive, atol=1e-6)
+    assert dfad_discrepancy(t, t) == 0
+
+
+def test_generator_is_a_trainable_source_rebuilt_from_its_spec():
+    source = DFADGenerator(noise_dim=16, width=8)
+    source.bind((1, 32, 32), 10, seed=1)
+    x = source.sample(4, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 1, 32, 32) and source.trainable and x.requires_grad
+    rebuilt = build_source(source.spec())
+    rebuilt.bind((1, 32, 32), 10, seed=1)
+    pairs = zip(source.parameters(), rebuilt.parameters(), strict=True)  # the same initialisation from the seed
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_student_from_scratch_and_optimisers():
+    model = DFADModule(teacher=TEACHER, noise_dim=8, generator_width=8)
+    assert sum(p.numel() for p in model.student.parameters()) == 15_738  # LeNet-5-half
+    student_opt, generator_opt = model.configure_optimizers()
+
+    def ids(params):
+        return {id(p) for p in params}
+
+    assert ids(p for g in student_opt.param_groups for p in g["params"]) == ids(model.student.parameters())
+    assert ids(p for g in generator_opt.param_groups for p in g["params"]) == ids(model.source.parameters())
+
+
+def test_fit_trains_both_sides_and_resumes_to_the_same_weights(tmp_path):
+    main(["fit", "--config", str(dfad_config(tmp_path / "straight"))])
+    config = dfad_config(tmp_path / "split")
+    main(["fit", "--config", str(config), "--trainer.max_epochs", "1"])
+    main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    a = torch.load(tmp_path / "straight" / "ckpt" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "ckpt" / "last.ckpt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 1 and a["global_step"] == b["global_step"] > 0
+    for key, value in a["state_dict"].items():
+        assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
+    start = DFADModule(teacher=TEACHER, noise_dim=8, generator_width=8).state_dict()
+    moved = [key for key in start if not torch.equal(start[key], a["state_dict"][key])]
+    assert any(key.startswith("student.") for key in moved) and any(key.startswith("source.net.") for key in moved)
+    assert not any(key.startswith("teacher.") for key in moved)
+    loaded = DFADModule.load_from_checkpoint(tmp_path / "straight" / "ckpt" / "last.ckpt", weights_only=True)
+    assert torch.equal(loaded.source.net.fc.weight, a["state_dict"]["source.net.fc.weight"])
+
+
+def test_two_cpu_processes_with_ddp(tmp_path):
+    """DDP needs the strategy that finds unused parameters: a student step does not use the generator's."""
+    config = dfad_config(tmp_path)
+    strategy = ["--trainer.strategy", "ddp_spawn_find_unused_parameters_true", "--trainer.max_epochs", "1"]
+    main(["fit", "--config", str(config), "--config", str(ROOT / "configs/trainer/ddp_cpu2.yaml"), *strategy])
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 3  # 2 batches over 2 ranks: one batch each, 2 student steps + 1 generator step

@@ -1,0 +1,124 @@
+"""Sample sources: shapes, distributions, determinism per seed and rank, the pool's size, specs."""
+
+import pytest
+import torch
+from conftest import TEACHER, quiet_trainer
+
+from kegnet_pl.data import NoiseDataModule
+from kegnet_pl.data.sources import (
+    KegnetGenerators,
+    NormalNoise,
+    Pool,
+    SampleSource,
+    UniformNoise,
+    build_source,
+)
+from kegnet_pl.errors import CheckpointError, ConfigError
+from kegnet_pl.modules import GeneratorModule
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def generator_ckpt(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("generators")
+    model = GeneratorModule(teacher=TEACHER, n_generators=2)
+    trainer = quiet_trainer(folder, max_steps=1)
+    trainer.fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=1, **model.noise_settings()))
+    trainer.save_checkpoint(folder / "generators.ckpt")
+    return str(folder / "generators.ckpt")
+
+
+def bound(source: SampleSource, shape=(1, 32, 32), seed: int = 0) -> SampleSource:
+    source.bind(shape, 10, seed)
+    return source
+
+
+def test_noise_sources_follow_their_distribution():
+    uniform = bound(UniformNoise()).sample(512, gen(0))
+    normal = bound(NormalNoise()).sample(512, gen(0))
+    assert uniform.shape == normal.shape == (512, 1, 32, 32)
+    assert uniform.min() >= -1 and uniform.max() <= 1 and abs(uniform.mean()) < 0.01
+    assert abs(normal.mean()) < 0.01 and abs(normal.std() - 1) < 0.01
+    assert bound(UniformNoise(), shape=(64,)).sample(3, gen(0)).shape == (3, 64)
+
+
+@pytest.mark.parametrize("make", [UniformNoise, NormalNoise])
+def test_a_source_is_a_function_of_its_generator(make):
+    source = bound(make())
+    assert torch.equal(source.sample(8, gen(1)), source.sample(8, gen(1)))
+    assert not torch.equal(source.sample(8, gen(1)), source.sample(8, gen(2)))
+
+
+def test_a_source_must_be_bound_first():
+    with pytest.raises(RuntimeError, match="bind"):
+        UniformNoise().sample(2, gen(0))
+
+
+def test_kegnet_generators_take_turns_and_are_frozen(generator_ckpt):
+    source = KegnetGenerators(generator_ckpt, label_distribution="uniform")
+    x = source.sample(6, gen(0))
+    assert x.shape == (6, 1, 32, 32) and torch.equal(x, source.sample(6, gen(0)))
+    assert not source.trainable and not any(m.training for frozen in source.generators for m in frozen.modules())
+    labels, noise = torch.eye(10)[:4], torch.randn(4, 10)
+    out = source.generate(labels, noise)
+    assert torch.allclose(
+        out[1], source.generators[1](labels[1:2], noise[1:2])[0], atol=1e-5
+    )  # sample 1 from generator 1
+    only_one = KegnetGenerators(generator_ckpt, use_generators=[1])
+    assert torch.allclose(
+        only_one.generate(labels, noise)[0], source.generators[1](labels[:1], noise[:1])[0], atol=1e-5
+    )
+
+
+def test_kegnet_generators_refuse_another_teacher_and_bad_choices(generator_ckpt):
+    with pytest.raises(ConfigError, match=r"trained for a teacher with 10 classes and input shape \(1, 32, 32\)"):
+        KegnetGenerators(generator_ckpt).bind((64,), 10)
+    with pytest.raises(ConfigError, match=r"use_generators=\[2\] must name generators 0..1"):
+        KegnetGenerators(generator_ckpt, use_generators=[2])
+    with pytest.raises(CheckpointError, match="is not a GeneratorModule checkpoint"):
+        KegnetGenerators(TEACHER)
+
+
+def test_pool_holds_its_size_and_is_keyed_by_seed_and_rank():
+    pool = bound(Pool(NormalNoise(), size=2500), seed=7)
+    assert pool.size == 2500 and pool.fill().shape == (2500, 1, 32, 32)  # three chunks, the last one short
+    again = bound(Pool(NormalNoise(), size=2500), seed=7)
+    assert torch.equal(pool.fill(), again.fill())
+    other_seed = bound(Pool(NormalNoise(), size=2500), seed=8)
+    assert not torch.equal(pool.fill(), other_seed.fill())
+    other_rank = bound(Pool(NormalNoise(), size=2500), seed=7)
+    other_rank.set_rank(1)
+    assert not torch.equal(pool.fill(), other_rank.fill())
+    assert Pool(NormalNoise(), size=10, seed=3).seed == 3  # an explicit seed wins over the stage's
+
+
+def test_pool_batches_are_members_of_the_pool_and_keyed_by_the_generator():
+    pool = bound(Pool(UniformNoise(), size=100))
+    members = pool.fill().flatten(1)
+    batch = pool.sample(16, gen(0)).flatten(1)
+    assert all((members == row).all(1).any() for row in batch)
+    assert torch.equal(pool.sample(16, gen(0)), pool.sample(16, gen(0)))
+    assert not torch.equal(pool.sample(16, gen(0)), pool.sample(16, gen(1)))
+    assert pool.held_out() is pool.source  # validation never sees the pool
+
+
+def test_pool_refuses_a_non_positive_size():
+    with pytest.raises(ConfigError, match="Pool: size must be positive, got 0"):
+        Pool(UniformNoise(), size=0)
+
+
+def test_spec_rebuilds_the_source_without_its_file(generator_ckpt):
+    source = bound(Pool(KegnetGenerators(generator_ckpt, use_generators=[1]), size=64), seed=5)
+    rebuilt = build_source(source.spec())
+    rebuilt.load_state_dict(source.state_dict())
+    rebuilt.bind((1, 32, 32), 10, seed=0)
+    assert rebuilt.seed == 5 and rebuilt.size == 64 and rebuilt.source.use_generators == [1]
+    assert torch.equal(rebuilt.fill(), source.fill())
+
+
+def test_build_source_imports_nothing_a_checkpoint_names():
+    with pytest.raises(CheckpointError, match="is not an imported SampleSource"):
+        build_source({"class_path": "os.system", "init_args": {}})
