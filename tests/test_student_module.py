@@ -237,3 +237,13 @@ def test_a_registered_classifier_is_a_student_trained_from_scratch(tmp_path, gen
     loaded = StudentModule.load_from_checkpoint(tmp_path / "half.ckpt", weights_only=True).eval()
     x = torch.randn(2, 1, 32, 32)
     assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_cosine_schedule_ends_the_run_at_learning_rate_zero(tmp_path, generator_ckpt):
+    model = StudentModule(generators=generator_ckpt, student="lenet5-s1", pool_size=None, lr=1e-3, lr_schedule="cosine")
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
+    trainer.fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=3))
+    assert trainer.global_step == 6
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ConfigError, match="lr_schedule must be 'constant' or 'cosine', got 'step'"):
+        StudentModule(generators=generator_ckpt, lr_schedule="step")

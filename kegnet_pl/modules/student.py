@@ -45,7 +45,7 @@ from kegnet_pl.errors import ConfigError
 from kegnet_pl.loading import load_classifier_and_spec
 from kegnet_pl.losses import distillation_loss
 from kegnet_pl.modules.base import TeacherStage
-from kegnet_pl.modules.checks import check_data_fits, check_finite
+from kegnet_pl.modules.checks import check_data_fits, check_finite, with_lr_schedule
 from kegnet_pl.nets import build_classifier, build_classifier_from_spec, classifier_names
 
 Shorthand = Literal["kegnet", "uniform", "normal"]
@@ -73,6 +73,7 @@ class StudentModule(TeacherStage):
         lr: float = 1e-4,
         optimizer: Literal["adam", "sgd"] = "adam",
         weight_decay: float = 0.0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
         seed: int = 0,
         use_generators: list[int] | None = None,
         teacher_spec: dict[str, Any] | None = None,
@@ -100,6 +101,8 @@ class StudentModule(TeacherStage):
             lr: learning rate (the paper: 1e-5 for MNIST, 1e-4 otherwise).
             optimizer: ``adam`` (the paper) or ``sgd`` (momentum 0.9).
             weight_decay: weight decay of the optimiser.
+            lr_schedule: ``constant`` (the paper) or ``cosine``: the learning rate decays to 0 over the run, so the
+                last epoch is the one to keep, chosen without data.
             seed: seed of a Pool that names none and of a student trained from scratch (held-out and training
                 batches are keyed by the data's seed).
             use_generators: shorthand ``kegnet`` only: which of the checkpoint's generators to sample from (default:
@@ -120,6 +123,8 @@ class StudentModule(TeacherStage):
             raise ConfigError(f"StudentModule: pool_size must be positive or null (fresh samples), got {pool_size}")
         if weight_decay < 0:
             raise ConfigError(f"StudentModule: weight_decay must be >= 0, got {weight_decay}")
+        if lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"StudentModule: lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         self.save_hyperparameters(ignore=["source"])
         for key, value in arguments.items():  # a method built on this module may not expose every argument
             self.hparams.setdefault(key, value)
@@ -313,11 +318,13 @@ class StudentModule(TeacherStage):
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher, self.source]
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         params, hp = self.trainable_parameters(), self.hparams
         if hp.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
-        return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        return with_lr_schedule(optimizer, hp.get("lr_schedule", "constant"), self.trainer.estimated_stepping_batches)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Self-contained checkpoints: rebuilt from the specs and exact ranks, without the generator file."""

@@ -11,7 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from kegnet_pl.errors import ConfigError
 from kegnet_pl.loading import CheckedLoading, load_classifier
-from kegnet_pl.modules.checks import check_data_fits, check_finite
+from kegnet_pl.modules.checks import check_data_fits, check_finite, with_lr_schedule
 from kegnet_pl.nets.registry import build_classifier
 
 
@@ -99,8 +99,5 @@ class TeacherModule(CheckedLoading, LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.get("lr_schedule", "constant") == "constant":
-            return optimizer
-        steps = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        schedule = self.hparams.get("lr_schedule", "constant")
+        return with_lr_schedule(optimizer, schedule, self.trainer.estimated_stepping_batches)
