@@ -75,6 +75,11 @@ class LastEveryEpoch(ModelCheckpoint):
         if not self._should_save_on_train_epoch_end(trainer):
             self._refresh_last(trainer)
 
+    def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last is True and not trainer.fast_dev_run:  # the finished run, its loops marked complete
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def _refresh_last(self, trainer: Trainer) -> None:
         if self.save_last is not True or self._should_skip_saving_checkpoint(trainer):
             return

@@ -115,8 +115,10 @@ class Pipeline:
         student_args: Sequence[str],
         trainer_config: str | None,
         echo=print,
+        teacher: dict[str, Any] | None = None,
     ) -> None:
         self.generator_base = read_config(generator_config)
+        self.teacher = {key: value for key, value in (teacher or {}).items() if value is not None}
         self.student_base = read_config(student_config)
         self.trainer_preset = read_trainer_preset(trainer_config) if trainer_config else None
         self.out = Path(out)
@@ -182,7 +184,7 @@ class Pipeline:
             self.echo(f"seed {seed}")
             root = self.out / f"seed{seed}"
             folder = root / "generator"
-            config = stage_config(self.generator_base, folder, seed, trainer_preset=self.trainer_preset)
+            config = stage_config(self.generator_base, folder, seed, self.teacher, self.trainer_preset)
             config["data"]["init_args"].setdefault("val_batches", 4)
             result = self.run_stage(folder, config, self.generator_args, train=True)
             stages.append({"stage": "generator", "seed": seed, **result})
@@ -333,6 +335,10 @@ def run_pipeline(
     generator_args: list[str] = [],  # noqa: B006
     student_args: list[str] = [],  # noqa: B006
     trainer_config: str | None = None,
+    teacher: str | None = None,
+    teacher_arch: str | None = None,
+    input_shape: list[int] | None = None,
+    num_classes: int | None = None,
 ) -> Path:
     """Run the KegNet pipeline: generators, then students and noise baselines, evaluated on real test data.
 
@@ -346,9 +352,25 @@ def run_pipeline(
         generator_args: extra ``kegnet fit`` arguments of the generator stage (e.g. [--trainer.max_epochs, "3"]).
         student_args: extra ``kegnet fit`` arguments of every student stage.
         trainer_config: a trainer preset merged into every stage (e.g. configs/trainer/ddp_cpu2.yaml).
+        teacher: the teacher's weights file, instead of the generator config's (any format ``kegnet`` reads).
+        teacher_arch: its architecture, for a file that does not record it (a registered name, or an import path
+            that this option then trusts).
+        input_shape: its input shape, for a file that does not record it (e.g. [1,32,32]).
+        num_classes: its class count, for a file that does not record it.
     """
+    own_teacher = {"teacher": teacher, "teacher_arch": teacher_arch, "input_shape": input_shape}
+    own_teacher["num_classes"] = num_classes
     pipeline = Pipeline(
-        generator_config, student_config, out, students, baselines, seeds, generator_args, student_args, trainer_config
+        generator_config,
+        student_config,
+        out,
+        students,
+        baselines,
+        seeds,
+        generator_args,
+        student_args,
+        trainer_config,
+        teacher=own_teacher,
     )
     return pipeline.run()
 

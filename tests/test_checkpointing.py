@@ -50,7 +50,8 @@ def _fit(tmp_path, keep: bool) -> dict:
 
 def test_last_checkpoint_is_the_last_epoch_when_the_metric_stops_improving(tmp_path):
     last = _fit(tmp_path, keep=True)
-    assert (last["global_step"], last["epoch"]) == (6, 2)
+    assert (last["global_step"], last["epoch"]) == (6, 3)  # written when training ended: 3 epochs complete
+    assert last["loops"]["fit_loop"]["epoch_progress"]["total"]["completed"] == 3
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["epoch=0-step=2.ckpt", "last.ckpt"]  # best kept
 
 

@@ -134,3 +134,32 @@ def test_results_table_means_and_fidelity():
     assert "| 1 (lenet5-s1) | 40 | 2.50x | 10 |" in table and "Generator training: 30 s per seed." in table
     without = results_table(rows, ["lenet5-s1"], [{k: v for k, v in s.items() if k != "test/real_kl"} for s in stages])
     assert "KL divergence" not in without  # results written before the fidelity figures: no empty table
+
+
+def test_a_users_teacher_reaches_the_generator_stage_without_editing_yaml(tmp_path, monkeypatch):
+    from kegnet_pl.pipeline import Pipeline
+
+    seen = {}
+
+    def fake_stage(self, folder, config, extra, train):
+        seen[folder.name] = config
+        return {
+            "test/acc": 0.9,
+            "test/teacher_acc": 0.99,
+            "params": 10,
+            "teacher_params": 40,
+            "compression_ratio": 4,
+            "seconds": 1,
+        }
+
+    monkeypatch.setattr(Pipeline, "run_stage", fake_stage)
+    weights = tmp_path / "teacher.pt"
+    args = ["--config", str(write_config(tmp_path)), "--teacher", str(weights), "--teacher_arch", "lenet5"]
+    main([*args, "--input_shape", "[1,32,32]", "--num_classes", "10"])
+    model = seen["generator"]["model"]["init_args"]
+    assert (model["teacher"], model["teacher_arch"]) == (str(weights), "lenet5")
+    assert (model["input_shape"], model["num_classes"]) == ([1, 32, 32], 10)
+    assert "teacher_arch" not in seen["student1-kegnet"]["model"]["init_args"]  # students take it from the generators
+    (tmp_path / "plain").mkdir()
+    main(["--config", str(write_config(tmp_path / "plain"))])  # without the options the config's teacher stays
+    assert "teacher_arch" not in seen["generator"]["model"]["init_args"]
