@@ -64,4 +64,4 @@ def test_pipeline_config_stage_arguments_parse(path, capsys):
             node = config[section]
             for part in rest:
                 node = node["init_args"][part] if "init_args" in node and part not in node else node[part]
-            assert str(node) == value, arg
+            assert node == yaml.safe_load(value), arg  # as YAML reads the value: null, numbers, strings
