@@ -38,13 +38,13 @@ def check_data_fits(module_name: str, input_shape: tuple[int, ...], num_classes:
         )
 
 
-def with_lr_schedule(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int | float) -> Any:
-    """``optimizer`` alone (``constant``), or with a cosine decay of its learning rate to 0 over ``total_steps``
-    optimiser steps (``cosine``), in the form ``configure_optimizers`` returns."""
+def with_lr_schedule(optimizer: torch.optim.Optimizer, schedule: str, module: Any) -> Any:
+    """``optimizer`` alone (``constant``), or with a cosine decay of its learning rate to 0 over the optimiser steps
+    of ``module``'s run (``cosine``; asks its trainer), in the form ``configure_optimizers`` returns."""
     if schedule == "constant":
         return optimizer
     if schedule != "cosine":
         raise ConfigError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
-    steps = max(1, int(total_steps))
+    steps = max(1, int(module.trainer.estimated_stepping_batches))
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}

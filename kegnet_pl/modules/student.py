@@ -324,7 +324,7 @@ class StudentModule(TeacherStage):
             optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
         else:
             optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        return with_lr_schedule(optimizer, hp.get("lr_schedule", "constant"), self.trainer.estimated_stepping_batches)
+        return with_lr_schedule(optimizer, hp.get("lr_schedule", "constant"), self)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Self-contained checkpoints: rebuilt from the specs and exact ranks, without the generator file."""

@@ -100,4 +100,4 @@ class TeacherModule(CheckedLoading, LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         schedule = self.hparams.get("lr_schedule", "constant")
-        return with_lr_schedule(optimizer, schedule, self.trainer.estimated_stepping_batches)
+        return with_lr_schedule(optimizer, schedule, self)
