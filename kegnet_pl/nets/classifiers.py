@@ -29,15 +29,19 @@ def _image_shape(name: str, input_shape: Sequence[int], size: int = 32) -> tuple
 class LeNet5(nn.Module):
     """LeNet5 as in KegNet: 61,706 parameters for 1x32x32 inputs and 10 classes."""
 
+    #: channels of conv1, conv2, conv3 and units of fc1
+    widths: tuple[int, int, int, int] = (6, 16, 120, 84)
+
     def __init__(self, input_shape: Sequence[int] = (1, 32, 32), num_classes: int = 10) -> None:
         super().__init__()
-        self.input_shape = _image_shape("LeNet5", input_shape)
+        self.input_shape = _image_shape(type(self).__name__, input_shape)
         self.num_classes = num_classes
-        self.conv1 = nn.Conv2d(self.input_shape[0], 6, kernel_size=5)
-        self.conv2 = nn.Conv2d(6, 16, kernel_size=5)
-        self.conv3 = nn.Conv2d(16, 120, kernel_size=5)
-        self.fc1 = nn.Linear(120, 84)
-        self.fc2 = nn.Linear(84, num_classes)
+        c1, c2, c3, hidden = self.widths
+        self.conv1 = nn.Conv2d(self.input_shape[0], c1, kernel_size=5)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=5)
+        self.conv3 = nn.Conv2d(c2, c3, kernel_size=5)
+        self.fc1 = nn.Linear(c3, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
@@ -47,26 +51,12 @@ class LeNet5(nn.Module):
 
 
 @register_classifier("lenet5-half")
-class LeNet5Half(nn.Module):
+class LeNet5Half(LeNet5):
     """LeNet-5-half, the student of DAFL (Chen et al., ICCV 2019) and DFAD (Fang et al., 2019): LeNet5 with half
     the channels and units (conv 1->3, 3->8, 8->60, fc 60->42->10), 15,738 parameters for 1x32x32 inputs and 10
     classes, 3.92x fewer than LeNet5. Trained from scratch (``StudentModule(student="lenet5-half")``)."""
 
-    def __init__(self, input_shape: Sequence[int] = (1, 32, 32), num_classes: int = 10) -> None:
-        super().__init__()
-        self.input_shape = _image_shape("LeNet5Half", input_shape)
-        self.num_classes = num_classes
-        self.conv1 = nn.Conv2d(self.input_shape[0], 3, kernel_size=5)
-        self.conv2 = nn.Conv2d(3, 8, kernel_size=5)
-        self.conv3 = nn.Conv2d(8, 60, kernel_size=5)
-        self.fc1 = nn.Linear(60, 42)
-        self.fc2 = nn.Linear(42, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = F.relu(self.conv3(x)).flatten(1)
-        return self.fc2(F.relu(self.fc1(x)))
+    widths = (3, 8, 60, 42)
 
 
 class BasicBlock(nn.Module):
