@@ -3,7 +3,9 @@ LeNet-5-half, the student of the DAFL and DFAD papers.
 
 State-dict keys follow the authors' release, so their ``{'model_state': ...}`` teacher files load unchanged.
 Every classifier takes ``input_shape`` (without the batch dimension) and ``num_classes`` and keeps both as
-attributes, which the later stages use to check that a generator fits its teacher.
+attributes, which the later stages use to check that a generator fits its teacher. Each also splits its
+``forward`` in two, as timm's models do: ``forward_features(x)``, the features its classifier head reads, and
+``forward_head(features)``, the logits; DAFL's activation loss (:mod:`kegnet_pl.modules.dafl`) reads the first.
 """
 
 from __future__ import annotations
@@ -44,10 +46,17 @@ class LeNet5(nn.Module):
         self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The flattened output of conv3 (after its ReLU): what DAFL's code takes as LeNet5's features."""
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = F.relu(self.conv3(x)).flatten(1)
-        return self.fc2(F.relu(self.fc1(x)))
+        return F.relu(self.conv3(x)).flatten(1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The logits of :meth:`forward_features`' output (fc1, ReLU, fc2)."""
+        return self.fc2(F.relu(self.fc1(features)))
 
 
 @register_classifier("lenet5-half")
@@ -107,10 +116,17 @@ class ResNet14(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The average-pooled output of the last stage, the input of the linear classifier."""
         x = F.relu(self.norm1(self.conv1(x)))
         x = self.layers3(self.layers2(self.layers1(x)))
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # the 8x8 average pool of a 32x32 input
-        return self.linear(x)
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)  # the 8x8 average pool of a 32x32 input
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The logits of :meth:`forward_features`' output."""
+        return self.linear(features)
 
 
 @register_classifier("mlp")
@@ -140,4 +156,12 @@ class MLP(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x.flatten(1))
+        return self.forward_head(self.forward_features(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer's output (after its ELU and dropout), the input of the output layer."""
+        return self.layers[:-1](x.flatten(1))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The logits of :meth:`forward_features`' output."""
+        return self.layers[-1](features)
