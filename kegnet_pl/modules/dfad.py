@@ -37,9 +37,13 @@ def dfad_discrepancy(student_logits: torch.Tensor, teacher_logits: torch.Tensor)
 class DFADGeneratorNet(nn.Module):
     """DFAD's image generator (its ``GeneratorA``): z -> dense -> (2w, s/4, s/4) -> BatchNorm -> upsample, conv 3x3
     2w -> 2w, BatchNorm, LeakyReLU(0.2) -> upsample, conv 2w -> w, BatchNorm, LeakyReLU -> conv w -> channels,
-    tanh, then a BatchNorm without learned affine (as its authors' code)."""
+    tanh, then a BatchNorm without learned affine (as its authors' code).
 
-    def __init__(self, input_shape: Sequence[int], noise_dim: int = 256, width: int = 64) -> None:
+    DAFL's generator (Chen et al., 2019) is the same network with z of size 100, w = 64 and ``bn_eps=0.8`` in the
+    two BatchNorms after the convolutions (its code's ``BatchNorm2d(128, 0.8)``); DFAD's keeps the default 1e-5.
+    """
+
+    def __init__(self, input_shape: Sequence[int], noise_dim: int = 256, width: int = 64, bn_eps: float = 1e-5) -> None:
         super().__init__()
         channels, height, wide = (int(size) for size in input_shape)
         if height != wide or height % 4:
@@ -51,11 +55,11 @@ class DFADGeneratorNet(nn.Module):
             nn.BatchNorm2d(2 * width),
             nn.Upsample(scale_factor=2),
             nn.Conv2d(2 * width, 2 * width, 3, padding=1),
-            nn.BatchNorm2d(2 * width),
+            nn.BatchNorm2d(2 * width, eps=bn_eps),
             nn.LeakyReLU(0.2),
             nn.Upsample(scale_factor=2),
             nn.Conv2d(2 * width, width, 3, padding=1),
-            nn.BatchNorm2d(width),
+            nn.BatchNorm2d(width, eps=bn_eps),
             nn.LeakyReLU(0.2),
             nn.Conv2d(width, channels, 3, padding=1),
             nn.Tanh(),
@@ -67,19 +71,24 @@ class DFADGeneratorNet(nn.Module):
 
 
 class DFADGenerator(SampleSource):
-    """A trainable sample source: DFAD's generator of images from noise z ~ N(0, I)."""
+    """A trainable sample source: DFAD's generator of images from noise z ~ N(0, I) (DAFL's with ``noise_dim=100``
+    and ``bn_eps=0.8``; :class:`~kegnet_pl.modules.dafl.DAFLModule` builds it so)."""
 
-    def __init__(self, noise_dim: int = 256, width: int = 64) -> None:
+    def __init__(self, noise_dim: int = 256, width: int = 64, bn_eps: float = 1e-5) -> None:
         """
         Args:
-            noise_dim: size of z (DFAD: 256).
-            width: channels of the generator's last block (DFAD: 64).
+            noise_dim: size of z (DFAD: 256; DAFL: 100).
+            width: channels of the generator's last block (DFAD and DAFL: 64).
+            bn_eps: epsilon of the BatchNorms after the two 3x3 convolutions (DFAD: 1e-5; DAFL: 0.8).
         """
         super().__init__()
-        if noise_dim <= 0 or width <= 0:
-            raise ConfigError(f"DFADGenerator: noise_dim and width must be positive, got {noise_dim} and {width}")
+        if noise_dim <= 0 or width <= 0 or bn_eps <= 0:
+            raise ConfigError(
+                f"DFADGenerator: noise_dim, width and bn_eps must be positive, got {noise_dim}, {width} and {bn_eps}"
+            )
         self.noise_dim = noise_dim
         self.width = width
+        self.bn_eps = float(bn_eps)
         self.net: DFADGeneratorNet | None = None
 
     def bind(self, input_shape: Sequence[int], num_classes: int, seed: int = 0) -> None:
@@ -90,7 +99,7 @@ class DFADGenerator(SampleSource):
         if self.net is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                self.net = DFADGeneratorNet(self.input_shape, self.noise_dim, self.width)
+                self.net = DFADGeneratorNet(self.input_shape, self.noise_dim, self.width, self.bn_eps)
 
     def sample(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
         self._require_bound()
@@ -100,7 +109,7 @@ class DFADGenerator(SampleSource):
     def spec(self) -> dict[str, Any]:
         return {
             "class_path": f"{__name__}.DFADGenerator",
-            "init_args": {"noise_dim": self.noise_dim, "width": self.width},
+            "init_args": {"noise_dim": self.noise_dim, "width": self.width, "bn_eps": self.bn_eps},
         }
 
 
