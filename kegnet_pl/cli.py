@@ -11,6 +11,9 @@ Models and DataModules are given by class name in the YAML (``class_path: Teache
 from __future__ import annotations
 
 import argparse
+import difflib
+import inspect
+import re
 import sys
 import warnings
 from functools import partial
@@ -83,8 +86,15 @@ class KegnetCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         """Parse, then trust the import paths the user typed (``arch`` / ``teacher_arch`` / ``--trust_arch``) before
-        any checkpoint's hyper-parameters are merged into the config."""
-        super().parse_arguments(parser, args)
+        any checkpoint's hyper-parameters are merged into the config. A misspelt option is answered with the
+        closest one that exists."""
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            hint = did_you_mean(parser, args if args is not None else sys.argv[1:], str(err))
+            if hint is None:
+                raise
+            raise argparse.ArgumentError(None, hint) from err
         config = self.config.get(self.config.get("subcommand") or "", self.config)
         init_args = config.get("model.init_args") or {}
         typed = [init_args.get(key) for key in ARCH_OPTIONS if isinstance(init_args.get(key), str)]
@@ -179,6 +189,35 @@ def _loaded_subclass(class_path: Any, base: type) -> type | None:
     module_name, _, name = class_path.rpartition(".")
     target = getattr(sys.modules.get(module_name), name, None) if module_name else None
     return target if isinstance(target, type) and issubclass(target, base) else None
+
+
+def did_you_mean(parser: Any, args: Any, message: str) -> str | None:
+    """For a parser error about an option that does not exist, one line naming the closest option that does
+    (``difflib``): an ``__init__`` argument of the class the error names, or an option of the subcommand."""
+    unknown = re.search(r"Option '(\w+)' is not accepted", message)
+    if unknown is not None:  # an init argument of a class given by class_path, perhaps nested (eval_data)
+        keys = re.findall(r'Parser key "([\w.]+)"', message)
+        classes = re.findall(r"class_path '([\w.]+)'", message)
+        target = _loaded_subclass(classes[-1], object) if classes and len(keys) == len(classes) else None
+        if target is None:
+            return None
+        names = [name for name in inspect.signature(target).parameters if name not in ("args", "kwargs")]
+        prefix = "--" + "".join(f"{key}.init_args." for key in keys)
+        close = difflib.get_close_matches(unknown[1], names, n=1)
+        return f"{target.__name__} has no option {prefix}{unknown[1]}" + (
+            f"; did you mean {prefix}{close[0]}?" if close else f"; its options are {', '.join(names)}"
+        )
+    unknown = re.search(r"unrecognized arguments: (--[\w.]+)", message)
+    subcommands = getattr(parser, "_subcommands_action", None)
+    words = [arg for arg in args if isinstance(arg, str)]
+    subcommand = next((word for word in words if subcommands is not None and word in subcommands.choices), None)
+    if unknown is None or subcommand is None:
+        return None
+    known = [option for action in subcommands.choices[subcommand]._actions for option in action.option_strings]
+    _, _, rest = unknown[1][2:].partition(".")
+    known += [f"{option}.{rest}" for option in known if rest and "." not in option]  # --modle.init_args.lr
+    close = difflib.get_close_matches(unknown[1], known, n=1)
+    return f"kegnet {subcommand} has no option {unknown[1]}; did you mean {close[0]}?" if close else None
 
 
 def find_last_checkpoint(config: Any, subcommand: str) -> Path:

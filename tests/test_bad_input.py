@@ -154,7 +154,23 @@ CASES = {
     "negative epochs": (lambda t: ["fit", "--config", generator_yaml(t), "--trainer.max_epochs", "-3"], "max_epochs"),
     "config key that does not exist": (
         lambda t: ["fit", "--config", generator_yaml(t), "--model.init_args.alpah", "1"],
-        "alpah",
+        "GeneratorModule has no option --model.init_args.alpah; did you mean --model.init_args.alpha?",
+    ),
+    "misspelt model option": (
+        lambda t: ["fit", "--config", generator_yaml(t), "--model.init_args.n_generator", "3"],
+        "did you mean --model.init_args.n_generators?",
+    ),
+    "misspelt data option": (
+        lambda t: ["fit", "--config", generator_yaml(t), "--data.init_args.batch_sise", "3"],
+        "did you mean --data.init_args.batch_size?",
+    ),
+    "misspelt subcommand option": (
+        lambda t: ["test", "--config", generator_yaml(t), "--ckpt_pth", "last"],
+        "kegnet test has no option --ckpt_pth; did you mean --ckpt_path?",
+    ),
+    "misspelt group": (
+        lambda t: ["fit", "--config", generator_yaml(t), "--modle.init_args.lr", "0.1"],
+        "did you mean --model.init_args.lr?",
     ),
     "data root without the files": (
         lambda t: [
