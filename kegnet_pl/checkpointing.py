@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,13 @@ def checkpoint_files(folder: str | os.PathLike | None) -> list[Path]:
     if folder is None or not Path(folder).is_dir():
         return []
     return sorted(Path(folder).glob("*.ckpt"))
+
+
+def last_checkpoint(folders: Iterable[str | os.PathLike]) -> Path | None:
+    """The newest ``last*.ckpt`` in ``folders`` (``last.ckpt``, or ``last-v1.ckpt`` of a run started with
+    ``--overwrite true``), as Lightning's ``ckpt_path="last"`` chooses it; ``None`` if there is none."""
+    found = [path for folder in folders for path in checkpoint_files(folder) if path.stem.startswith("last")]
+    return max(found, key=lambda path: path.stat().st_mtime) if found else None
 
 
 def refuse_to_mix_runs(folder: str | os.PathLike | None, resuming: bool, overwrite: bool) -> None:

@@ -11,22 +11,27 @@ Models and DataModules are given by class name in the YAML (``class_path: Teache
 from __future__ import annotations
 
 import argparse
+import difflib
+import inspect
+import re
 import sys
 import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 import kegnet_pl.data  # noqa: F401  (registers the DataModules' short names)
 import kegnet_pl.modules  # noqa: F401  (registers the LightningModules' short names)
 from kegnet_pl.atomic import atomic_write_text
-from kegnet_pl.checkpointing import AtomicCheckpointIO, keep_last_every_epoch, refuse_to_mix_runs
-from kegnet_pl.errors import CheckpointError, KegnetError, parser_message
+from kegnet_pl.checkpointing import AtomicCheckpointIO, keep_last_every_epoch, last_checkpoint, refuse_to_mix_runs
+from kegnet_pl.errors import CheckpointError, ConfigError, KegnetError, parser_message
 from kegnet_pl.loading import read_checkpoint
 from kegnet_pl.modules.base import NOISE_SETTINGS, noise_setting
 from kegnet_pl.nets.registry import TRUST_ENV, trust_arch
@@ -81,8 +86,15 @@ class KegnetCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         """Parse, then trust the import paths the user typed (``arch`` / ``teacher_arch`` / ``--trust_arch``) before
-        any checkpoint's hyper-parameters are merged into the config."""
-        super().parse_arguments(parser, args)
+        any checkpoint's hyper-parameters are merged into the config. A misspelt option is answered with the
+        closest one that exists."""
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            hint = did_you_mean(parser, args if args is not None else sys.argv[1:], str(err))
+            if hint is None:
+                raise
+            raise argparse.ArgumentError(None, hint) from err
         config = self.config.get(self.config.get("subcommand") or "", self.config)
         init_args = config.get("model.init_args") or {}
         typed = [init_args.get(key) for key in ARCH_OPTIONS if isinstance(init_args.get(key), str)]
@@ -90,20 +102,49 @@ class KegnetCLI(LightningCLI):
         trust_arch(*typed)
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning merges the ``--ckpt_path`` file's hyper-parameters into the config: read the file through
-        :func:`kegnet_pl.loading.read_checkpoint` first, so it cannot name untrusted code or a class to import."""
+        """Read the ``--ckpt_path`` file through :func:`kegnet_pl.loading.read_checkpoint` first (it cannot name
+        untrusted code or a class to import), with ``last`` found in the config's checkpoint folder. ``test``,
+        ``validate`` and ``predict`` then rebuild the model's networks from the file's own hyper-parameters
+        (:meth:`~kegnet_pl.loading.CheckedLoading.init_args_from_checkpoint`), whatever the config's preset says;
+        ``fit`` merges them as Lightning does."""
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and Path(ckpt_path).is_file():
-            hparams = read_checkpoint(ckpt_path).get("hyper_parameters") or {}
-            class_path = hparams.get("_class_path")
-            if class_path is not None and not _is_loaded_module_class(class_path):
-                raise CheckpointError(
-                    f"refused {str(ckpt_path)!r}: it asks for the model class {str(class_path)[:80]!r}, which is not "
-                    "a LightningModule already loaded (a file never chooses which code runs); use a kegnet_pl "
-                    "checkpoint, or import that class's module yourself"
-                )
-        super()._parse_ckpt_path()
+        if not subcommand:
+            return super()._parse_ckpt_path()
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        path = find_last_checkpoint(config, subcommand) if ckpt_path == "last" else ckpt_path
+        if not path or not Path(path).is_file():
+            return super()._parse_ckpt_path()  # Lightning's own message for a missing file
+        hparams = read_checkpoint(path).get("hyper_parameters") or {}
+        class_path = hparams.get("_class_path")
+        saved_class = _loaded_module_class(class_path)
+        if class_path is not None and saved_class is None:
+            raise CheckpointError(
+                f"refused {str(path)!r}: it asks for the model class {str(class_path)[:80]!r}, which is not "
+                "a LightningModule already loaded (a file never chooses which code runs); use a kegnet_pl "
+                "checkpoint, or import that class's module yourself"
+            )
+        model_class = _loaded_module_class(config.get("model.class_path"))
+        if saved_class is not None and model_class is not None and saved_class is not model_class:
+            raise ConfigError(
+                f"{str(path)!r} holds a {saved_class.__name__} but the config's model is a {model_class.__name__}; "
+                f"use the config of the run that wrote it, or --model {saved_class.__name__}"
+            )
+        if subcommand == "fit":
+            return super()._parse_ckpt_path()
+        config["ckpt_path"] = str(path)
+        if model_class is None or not hparams or not hasattr(model_class, "init_args_from_checkpoint"):
+            return None
+        init_args = model_class.init_args_from_checkpoint(hparams)
+        model = {"class_path": config.get("model.class_path"), "init_args": init_args}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
+        except argparse.ArgumentError as err:
+            raise CheckpointError(
+                f"{str(path)!r} records hyper-parameters that do not rebuild a {model_class.__name__}: "
+                f"{parser_message(err)}"
+            ) from err
+        return None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         plugins = kwargs.get("plugins") or []
@@ -133,17 +174,75 @@ class KegnetCLI(LightningCLI):
             )
 
 
-def _is_loaded_module_class(class_path: Any) -> bool:
-    """Whether ``class_path`` names a LightningModule class of a module already imported (nothing is imported)."""
+def _loaded_module_class(class_path: Any) -> type[LightningModule] | None:
+    """The LightningModule class ``class_path`` names in a module already imported, if any (nothing is imported)."""
+    if isinstance(class_path, str) and "." not in class_path:  # short names, as the configs give them
+        class_path = f"kegnet_pl.modules.{class_path}"
+    return _loaded_subclass(class_path, LightningModule)
+
+
+def _loaded_subclass(class_path: Any, base: type) -> type | None:
+    """The subclass of ``base`` that ``class_path`` names in a module already imported, if any (nothing is
+    imported)."""
     if not isinstance(class_path, str):
-        return False
+        return None
     module_name, _, name = class_path.rpartition(".")
     target = getattr(sys.modules.get(module_name), name, None) if module_name else None
-    if target is None and "." not in class_path:  # short names, as the configs give them
-        import kegnet_pl.modules as modules
+    return target if isinstance(target, type) and issubclass(target, base) else None
 
-        target = getattr(modules, class_path, None)
-    return isinstance(target, type) and issubclass(target, LightningModule)
+
+def did_you_mean(parser: Any, args: Any, message: str) -> str | None:
+    """For a parser error about an option that does not exist, one line naming the closest option that does
+    (``difflib``): an ``__init__`` argument of the class the error names, or an option of the subcommand."""
+    unknown = re.search(r"Option '(\w+)' is not accepted", message)
+    if unknown is not None:  # an init argument of a class given by class_path, perhaps nested (eval_data)
+        keys = re.findall(r'Parser key "([\w.]+)"', message)
+        classes = re.findall(r"class_path '([\w.]+)'", message)
+        target = _loaded_subclass(classes[-1], object) if classes and len(keys) == len(classes) else None
+        if target is None:
+            return None
+        names = [name for name in inspect.signature(target).parameters if name not in ("args", "kwargs")]
+        prefix = "--" + "".join(f"{key}.init_args." for key in keys)
+        close = difflib.get_close_matches(unknown[1], names, n=1)
+        return f"{target.__name__} has no option {prefix}{unknown[1]}" + (
+            f"; did you mean {prefix}{close[0]}?" if close else f"; its options are {', '.join(names)}"
+        )
+    unknown = re.search(r"unrecognized arguments: (--[\w.]+)", message)
+    subcommands = getattr(parser, "_subcommands_action", None)
+    words = [arg for arg in args if isinstance(arg, str)]
+    subcommand = next((word for word in words if subcommands is not None and word in subcommands.choices), None)
+    if unknown is None or subcommand is None:
+        return None
+    known = [option for action in subcommands.choices[subcommand]._actions for option in action.option_strings]
+    _, _, rest = unknown[1][2:].partition(".")
+    known += [f"{option}.{rest}" for option in known if rest and "." not in option]  # --modle.init_args.lr
+    close = difflib.get_close_matches(unknown[1], known, n=1)
+    return f"kegnet {subcommand} has no option {unknown[1]}; did you mean {close[0]}?" if close else None
+
+
+def find_last_checkpoint(config: Any, subcommand: str) -> Path:
+    """The file ``--ckpt_path last`` names: the newest ``last*.ckpt`` in the folders of the config's
+    ``ModelCheckpoint`` callbacks, or a :class:`ConfigError` that says where it looked and what to do."""
+    folders = [
+        callback.get("init_args.dirpath")
+        for callback in config.get("trainer.callbacks") or []
+        if isinstance(callback, Namespace) and _loaded_subclass(callback.get("class_path"), ModelCheckpoint)
+    ]
+    if config.get("trainer.enable_checkpointing") is False:
+        folders = []
+    found = last_checkpoint(folder for folder in folders if folder)
+    if found is not None:
+        return found
+    todo = "drop --ckpt_path to start a new run" if subcommand == "fit" else "train first (kegnet fit, this config)"
+    todo += ", or give a checkpoint file: --ckpt_path PATH"
+    if not any(folders):
+        raise ConfigError(
+            "--ckpt_path last looks in the dirpath of the config's ModelCheckpoint (trainer.callbacks), and this "
+            f"config gives none; {todo}"
+        )
+    where = ", ".join(repr(str(folder)) for folder in folders if folder)
+    goal = "resume" if subcommand == "fit" else subcommand
+    raise ConfigError(f"--ckpt_path last found nothing to {goal}: no last.ckpt in {where}; {todo}")
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> KegnetCLI:

@@ -7,6 +7,7 @@ command prints them as one line and exits non-zero instead of showing a tracebac
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 
 class KegnetError(Exception):
@@ -18,7 +19,20 @@ class CheckpointError(KegnetError):
 
 
 class DataNotFoundError(KegnetError, FileNotFoundError):
-    """A data set is not where the configuration says it is."""
+    """A data set is not where the configuration says it is: ``problem`` says what is missing where, ``fixes`` what
+    to do, naming the DataModule's options as ``{options}root``: ``--data.init_args.root``, unless the DataModule
+    sits inside another one (:meth:`within`)."""
+
+    def __init__(self, problem: str, fixes: Sequence[str] = (), options: str = "--data.init_args.") -> None:
+        self.problem, self.fixes = problem, tuple(fixes)
+        todo = [fix.replace("{options}", options) for fix in self.fixes]
+        if len(todo) > 1:
+            todo = [", ".join(todo[:-1]) + ", or " + todo[-1]]
+        super().__init__(f"{problem}. {todo[0][:1].upper()}{todo[0][1:]}." if todo else problem)
+
+    def within(self, options: str, *fixes: str) -> DataNotFoundError:
+        """The same error for a DataModule whose options are ``{options}root`` etc., with ``fixes`` added."""
+        return DataNotFoundError(self.problem, (*self.fixes, *fixes), options)
 
 
 class ConfigError(KegnetError, ValueError):

@@ -15,6 +15,7 @@ kind, before anything is built from it.
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 from collections.abc import Mapping, Sequence
@@ -325,6 +326,19 @@ class CheckedLoading:
     (``weights_only``, the hyper-parameters checked so that the file cannot name code the user did not trust, the
     weights checked to be finite tensors), and any failure to rebuild the module from it is a one-line
     :class:`CheckpointError` naming the file."""
+
+    #: ``__init__`` arguments naming files whose contents the module's checkpoints hold themselves
+    file_arguments: tuple[str, ...] = ()
+
+    @classmethod
+    def init_args_from_checkpoint(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``__init__`` arguments that rebuild the networks a checkpoint with these hyper-parameters holds: every
+        argument it records, and ``None`` for the files it replaces (``kegnet test --ckpt_path`` sets them over the
+        config's, so that a config's preset never decides the shape of a trained network)."""
+        accepted = inspect.signature(cls.__init__).parameters
+        args = {key: value for key, value in hparams.items() if key in accepted and not key.startswith("_")}
+        args.update({key: None for key in cls.file_arguments if key in accepted})
+        return args
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, *args: Any, **kwargs: Any) -> Any:

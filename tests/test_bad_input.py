@@ -86,6 +86,11 @@ CASES = {
         ],
         "could run code",
     ),
+    "teacher file that does not record its shape": (
+        lambda t: ["fit", "--config", generator_yaml(t, teacher=str(t / "full.ckpt"))],
+        "does not say its arch, input_shape, num_classes; give them, for example --model.init_args.teacher_arch lenet5 "
+        "--model.init_args.input_shape [1,32,32] --model.init_args.num_classes 10",
+    ),
     "teacher architecture differs from config": (
         lambda t: ["fit", "--config", generator_yaml(t, teacher=TEACHER, teacher_arch="resnet14")],
         "holds a classifier with arch='lenet5', but arch='resnet14'",
@@ -149,7 +154,23 @@ CASES = {
     "negative epochs": (lambda t: ["fit", "--config", generator_yaml(t), "--trainer.max_epochs", "-3"], "max_epochs"),
     "config key that does not exist": (
         lambda t: ["fit", "--config", generator_yaml(t), "--model.init_args.alpah", "1"],
-        "alpah",
+        "GeneratorModule has no option --model.init_args.alpah; did you mean --model.init_args.alpha?",
+    ),
+    "misspelt model option": (
+        lambda t: ["fit", "--config", generator_yaml(t), "--model.init_args.n_generator", "3"],
+        "did you mean --model.init_args.n_generators?",
+    ),
+    "misspelt data option": (
+        lambda t: ["fit", "--config", generator_yaml(t), "--data.init_args.batch_sise", "3"],
+        "did you mean --data.init_args.batch_size?",
+    ),
+    "misspelt subcommand option": (
+        lambda t: ["test", "--config", generator_yaml(t), "--ckpt_pth", "last"],
+        "kegnet test has no option --ckpt_pth; did you mean --ckpt_path?",
+    ),
+    "misspelt group": (
+        lambda t: ["fit", "--config", generator_yaml(t), "--modle.init_args.lr", "0.1"],
+        "did you mean --model.init_args.lr?",
     ),
     "data root without the files": (
         lambda t: [
@@ -205,3 +226,18 @@ def test_bad_input_gives_one_clear_error(case, tmp_path, capsys, generator_check
     assert "Traceback" not in err
     assert len([line for line in err.splitlines() if line.strip()]) <= 12, err  # short, not a 40-line traceback
     assert not (tmp_path / "code_ran").exists()
+
+
+def test_missing_real_data_of_a_student_config_names_the_options_that_reach_it(tmp_path, capsys, generator_checkpoint):
+    """eval_data's root is --data.init_args.eval_data.init_args.root; the real-data figures can be left out."""
+    eval_data = {"class_path": "MNISTDataModule", "init_args": {"root": str(tmp_path / "nodata")}}
+    args = ["fit", "--config", student_yaml(tmp_path, generators=str(generator_checkpoint), student={"fc2": [4, 4]})]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--data.init_args.eval_data", yaml.safe_dump(eval_data, default_flow_style=True)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and "--data.init_args.root" not in line
+    assert "point --data.init_args.eval_data.init_args.root DIR at them" in line
+    assert "leave out the real-data figures with --data.init_args.eval_data null" in line
+    main([*args, "--data.init_args.eval_data", "null", "--trainer.default_root_dir", str(tmp_path)])  # the advice works

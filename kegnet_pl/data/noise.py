@@ -10,6 +10,8 @@ are known.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -17,7 +19,7 @@ from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from kegnet_pl.data.base import check_positive
-from kegnet_pl.errors import ConfigError
+from kegnet_pl.errors import ConfigError, DataNotFoundError
 
 LabelDistribution = Literal["onehot", "uniform"]
 
@@ -77,6 +79,18 @@ class _Indices(Dataset):
 
     def __getitem__(self, index: int) -> int:
         return index
+
+
+@contextmanager
+def _eval_data_options() -> Iterator[None]:
+    """Missing real data of ``eval_data`` is named by the options that reach it, and may be left out."""
+    try:
+        yield
+    except DataNotFoundError as err:
+        raise err.within(
+            "--data.init_args.eval_data.init_args.",
+            "leave out the real-data figures with --data.init_args.eval_data null",
+        ) from err
 
 
 class NoiseDataModule(LightningDataModule):
@@ -153,11 +167,13 @@ class NoiseDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.eval_data is not None and stage in ("fit", "validate", "test", None):
             self.eval_data.trainer = self.trainer
-            self.eval_data.setup(stage)
+            with _eval_data_options():
+                self.eval_data.setup(stage)
 
     def prepare_data(self) -> None:
         if self.eval_data is not None:
-            self.eval_data.prepare_data()
+            with _eval_data_options():
+                self.eval_data.prepare_data()
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Indices(self.batches_per_epoch), batch_size=None, shuffle=False)

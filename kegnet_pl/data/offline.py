@@ -151,7 +151,7 @@ class CSVDataModule(InMemoryDataModule):
     def _read(self) -> tuple[torch.Tensor, torch.Tensor]:
         path = Path(self.path)
         if not path.is_file():
-            raise DataNotFoundError(f"CSV file {str(path)!r} does not exist; check --data.init_args.path")
+            raise DataNotFoundError(f"CSV file {str(path)!r} does not exist", ["check {options}path"])
         with path.open(newline="") as handle:
             rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
         if rows and not _is_number(rows[0][self.label_column]):

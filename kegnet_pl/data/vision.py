@@ -103,8 +103,8 @@ class TorchvisionDataModule(ClassificationDataModule):
                 raise
             files = ", ".join(str(Path(self.root) / name) for name in self.expected_files)
             raise DataNotFoundError(
-                f"{self.dataset_class.__name__} is not in {str(Path(self.root).resolve())!r}: expected {files}. "
-                f"Put the files there, point --data.init_args.root at them, or set --data.init_args.download true."
+                f"{self.dataset_class.__name__} is not in {str(Path(self.root).resolve())!r}: expected {files}",
+                ["put the files there", "point {options}root DIR at them", "set {options}download true"],
             ) from err
 
     def prepare_data(self) -> None:

@@ -23,9 +23,16 @@ from pytorch_lightning import LightningModule
 from torch import nn
 
 from kegnet_pl.compression import parameter_count
-from kegnet_pl.errors import ConfigError
-from kegnet_pl.loading import CheckedLoading, load_classifier_and_spec
+from kegnet_pl.errors import CheckpointError, ConfigError
+from kegnet_pl.loading import CheckedLoading, SpecMissingError, load_classifier_and_spec
 from kegnet_pl.nets import Frozen, build_classifier_from_spec
+
+#: what a teacher file that does not record its architecture needs, as options of the ``kegnet`` command
+TEACHER_FLAGS = {
+    "arch": "--model.init_args.teacher_arch lenet5",
+    "input_shape": "--model.init_args.input_shape [1,32,32]",
+    "num_classes": "--model.init_args.num_classes 10",
+}
 
 
 def load_teacher(
@@ -39,7 +46,15 @@ def load_teacher(
     """The teacher and its spec: from its file, or rebuilt from a checkpoint's ``teacher_spec`` (its weights then
     come from the checkpoint's state dict)."""
     if teacher is not None:
-        return load_classifier_and_spec(teacher, arch=teacher_arch, input_shape=input_shape, num_classes=num_classes)
+        try:
+            return load_classifier_and_spec(
+                teacher, arch=teacher_arch, input_shape=input_shape, num_classes=num_classes
+            )
+        except SpecMissingError as err:  # a KegNet file or a bare state dict: the options that describe it
+            flags, them = " ".join(TEACHER_FLAGS[key] for key in err.absent), "them" if len(err.absent) > 1 else "it"
+            raise CheckpointError(
+                f"{err.path!r} does not say its {', '.join(err.absent)}; give {them}, for example {flags}"
+            ) from err
     if teacher_spec:
         spec = dict(teacher_spec)
         return build_classifier_from_spec(spec).eval(), spec

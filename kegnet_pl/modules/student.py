@@ -23,6 +23,7 @@ carries real data (``NoiseDataModule(eval_data=...)``), the real accuracy is log
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import torch
@@ -168,6 +169,15 @@ class StudentModule(TeacherStage):
                 )
             }
         )
+
+    @classmethod
+    def init_args_from_checkpoint(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """As the base, and the config's ``source`` replaced by a shorthand that reads no file: the checkpoint's
+        ``source_spec`` rebuilds the source."""
+        args = super().init_args_from_checkpoint(hparams)
+        if args.get("source_spec") is not None and "source" in inspect.signature(cls.__init__).parameters:
+            args["source"] = "kegnet"
+        return args
 
     def _shorthand_source(
         self,

@@ -22,6 +22,9 @@ class TeacherModule(CheckedLoading, LightningModule):
     classifier's own with a ``net.`` prefix, which :func:`kegnet_pl.loading.load_classifier` reads.
     """
 
+    #: the starting weights are not read again when a checkpoint of the module is tested or resumed
+    file_arguments = ("weights",)
+
     def __init__(
         self,
         arch: str = "lenet5",
