@@ -147,6 +147,21 @@ def test_lenet5_presets_match_the_paper(preset: str, params: int, ratio: str) ->
     assert isinstance(teacher.conv3, nn.Conv2d)  # not in place
 
 
+@pytest.mark.parametrize(
+    ("preset", "params", "ranks"),
+    [
+        ("lenet5-paper-s1", 17_063, [(11, 7)]),
+        ("lenet5-paper-s2", 15_045, [(4, 3), (11, 7)]),
+        ("lenet5-paper-s3", 13_728, [(4, 3), (8, 5)]),
+    ],
+)
+def test_paper_rank_presets_give_the_papers_students_on_any_lenet5(preset: str, params: int, ranks: list) -> None:
+    teacher = LeNet5()  # random weights: EVBMF would pick other ranks, the paper presets must not run it
+    student, report = compress_with_report(teacher, preset)
+    assert [layer.ranks for layer in report.layers] == ranks
+    assert report.params_after == parameter_count(student) == params
+
+
 def test_lenet5_s3_ranks() -> None:
     _, report = compress_with_report(LeNet5(), PRESETS["lenet5-s3"], evbmf_ranks=PAPER_EVBMF_RANKS["lenet5"])
     assert report.ranks() == {"conv2": [4, 3], "conv3": [8, 5]}

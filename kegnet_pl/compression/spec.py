@@ -45,6 +45,11 @@ PRESETS: dict[str, dict[str, RankRule]] = {
     "lenet5-s1": {"conv3": "evbmf"},
     "lenet5-s2": {"conv2": "evbmf", "conv3": "evbmf"},
     "lenet5-s3": {"conv2": "evbmf", "conv3": [8, 5]},  # the paper: conv3 at ranks in 5, out 8
+    # the same students at the ranks EVBMF gave on the paper's teacher: the paper's sizes (17,063 / 15,045 / 13,728
+    # parameters) whatever the teacher's weights, so that any LeNet5 teacher is compared with the paper's table
+    "lenet5-paper-s1": {"conv3": [11, 7]},
+    "lenet5-paper-s2": {"conv2": [4, 3], "conv3": [11, 7]},
+    "lenet5-paper-s3": {"conv2": [4, 3], "conv3": [8, 5]},
     # ResNet-14 (SVHN, Fashion-MNIST): the two blocks of the third stage
     "resnet14-s1": {"layers3.*.conv1": "evbmf"},
     "resnet14-s2": {"layers3.*.conv2": "evbmf"},
