@@ -51,7 +51,10 @@ def test_trainer_preset_combines_with_a_stage_config(path, capsys):
     assert config["model"]["class_path"] == "kegnet_pl.modules.GeneratorModule"
 
 
-@pytest.mark.parametrize("path", sorted(ROOT.glob("configs/*/pipeline.yaml")), ids=lambda path: path.parent.name)
+PIPELINES = sorted([*ROOT.glob("configs/*/pipeline.yaml"), *ROOT.glob("configs/*/demo.yaml")])
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda path: f"{path.parent.name}/{path.stem}")
 def test_pipeline_config_stage_arguments_parse(path, capsys):
     """A typo in a pipeline's generator_args or student_args fails here, not minutes into ``make demo``."""
     pipeline = yaml.safe_load(path.read_text())
