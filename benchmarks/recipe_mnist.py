@@ -1,0 +1,213 @@
+"""What each part of the data-free recipe buys on full MNIST: the ablation behind configs/mnist/pipeline.yaml.
+
+A lean loop around kegnet_pl's own parts (the shipped 99.31% LeNet5 teacher, ``build_generator``, ``Decoder``, the
+KegNet losses, ``compress_with_report``, ``distillation_loss``), without Lightning, so that one variant costs
+seconds on a GPU. Two commands:
+
+``gen``: train KegNet generator-decoder pairs against the frozen teacher (one-hot labels, batch 256, Adam 1e-3,
+loss ``l_cls + l_dec + beta * l_div``) and save the generators' weights::
+
+    python benchmarks/recipe_mnist.py gen --gen-steps 1200 --gens runs/recipe/g1200.pt
+
+``distill``: compress the teacher into a student (a preset name or a JSON rank spec) and distil it for
+``--steps`` steps of ``--batch`` fresh samples (Adam ``--lr`` decaying to 0, cosine; KL at temperature ``--T``),
+then print and append to ``--out`` one JSON line with the Tucker-only and final accuracy on the 10,000 real
+MNIST test images. The real images only score the student; the ``real`` source (the 55,000 training images)
+gives the ceiling that data-free distillation can reach with the same steps::
+
+    python benchmarks/recipe_mnist.py distill --source kegnet --gens runs/recipe/g1200.pt --student lenet5-s3
+    python benchmarks/recipe_mnist.py distill --source uniform --student lenet5-s3
+    python benchmarks/recipe_mnist.py distill --source real --student lenet5-s3
+
+Variants: ``--mine K`` draws K batches and trains on the one of them the student follows worst (highest KL);
+``--adv L`` trains the generators during distillation against ``l_cls - L * KL(teacher || student)`` (Adam
+``--adv-lr``), a DFAD-like push towards the student's errors. ``--device cuda`` runs on a GPU. Needs
+``make data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kegnet_pl.compression import compress_with_report
+from kegnet_pl.data.noise import sample_labels
+from kegnet_pl.data.vision import MNISTDataModule
+from kegnet_pl.loading import load_classifier_and_spec
+from kegnet_pl.losses import classification_loss, decoder_loss, distillation_loss, diversity_loss
+from kegnet_pl.nets.generators import Decoder, build_generator
+
+SHAPE = (1, 32, 32)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("cmd", choices=["gen", "distill"])
+    p.add_argument("--teacher", default="checkpoints/mnist_lenet5.ckpt")
+    p.add_argument("--data", default="data", help="folder holding MNIST/raw (make data)")
+    p.add_argument("--gens", default="runs/recipe/gens.pt", help="generator weights: written by gen, read by distill")
+    p.add_argument("--gen-ids", default="0,1,2,3,4", help="which generators gen trains (seeds 1000 + id)")
+    p.add_argument("--gen-steps", type=int, default=600)
+    p.add_argument("--beta", type=float, default=0.0, help="weight of the diversity loss")
+    p.add_argument("--student", default="lenet5-s3", help='a preset or a JSON rank spec, e.g. {"conv3": [11, 7]}')
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--source", default="kegnet", choices=["kegnet", "uniform", "normal", "real"])
+    p.add_argument("--labels", default="uniform", choices=["uniform", "onehot"], help="labels fed to generators")
+    p.add_argument("--adv", type=float, default=0.0)
+    p.add_argument("--adv-lr", type=float, default=1e-4)
+    p.add_argument("--mine", type=int, default=1)
+    p.add_argument("--T", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--tag", default="")
+    p.add_argument("--out", default="runs/recipe/results.jsonl")
+    return p.parse_args()
+
+
+def mnist(root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    dm = MNISTDataModule(root=root, batch_size=1000, val_size=5000)
+    dm.prepare_data()
+    dm.setup("fit" if split == "train" else "test")
+    loader = dm.train_dataloader() if split == "train" else dm.test_dataloader()
+    xs, ys = zip(*loader, strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def train_generators(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
+    out = {}
+    for g in (int(i) for i in a.gen_ids.split(",")):
+        torch.manual_seed(1000 + g)
+        gen, dec = build_generator(SHAPE, 10, 10).to(a.device), Decoder(SHAPE, 10, extra_layers=1).to(a.device)
+        opt = torch.optim.Adam([*gen.parameters(), *dec.parameters()], lr=1e-3)
+        start = time.time()
+        for _ in range(a.gen_steps):
+            y = F.one_hot(torch.randint(10, (256,), device=a.device), 10).float()
+            z = torch.randn(256, 10, device=a.device)
+            x = gen(y, z)
+            loss = classification_loss(teacher(x), y) + decoder_loss(dec(x), z)
+            if a.beta:
+                loss = loss + a.beta * diversity_loss(x, z)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        print(f"generator {g}: loss {loss.item():.4f}, {time.time() - start:.0f} s", flush=True)
+        out[g] = {k: v.cpu() for k, v in gen.state_dict().items()}
+    Path(a.gens).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, a.gens)
+
+
+def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    log_s, log_t = F.log_softmax(student_logits, 1), F.log_softmax(teacher_logits, 1)
+    return F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(1)
+
+
+def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
+    dev = a.device
+    test_x, test_y = mnist(a.data, "test")
+    real = mnist(a.data, "train")[0].to(dev) if a.source == "real" else None
+    gens = []
+    if a.source == "kegnet":
+        for path in a.gens.split(","):
+            for state in torch.load(path, map_location="cpu").values():
+                gen = build_generator(SHAPE, 10, 10)
+                gen.load_state_dict(state)
+                gens.append(gen.eval().to(dev))
+    gen_opt = None
+    if a.adv:
+        for gen in gens:
+            gen.train()
+        gen_opt = torch.optim.Adam([q for gen in gens for q in gen.parameters()], lr=a.adv_lr)
+    spec = json.loads(a.student) if a.student.startswith("{") else a.student
+    student, report = compress_with_report(copy.deepcopy(teacher), spec)
+    student.to(dev)
+    for q in student.parameters():
+        q.requires_grad_(True)
+    opt = torch.optim.Adam(student.parameters(), lr=a.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / a.steps)))
+
+    def draw(n: int, grad: bool = False):
+        if a.source == "real":
+            return real[torch.randint(len(real), (n,), device=dev)], None
+        if a.source == "uniform":
+            return torch.rand(n, *SHAPE, device=dev) * 2 - 1, None
+        if a.source == "normal":
+            return torch.randn(n, *SHAPE, device=dev), None
+        y = sample_labels(n, 10, a.labels, None).to(dev)
+        z = torch.randn(n, 10, device=dev)
+        sizes = [n // len(gens) + (i < n % len(gens)) for i in range(len(gens))]
+        with torch.set_grad_enabled(grad):
+            parts, start = [], 0
+            for gen, m in zip(gens, sizes, strict=True):
+                parts.append(gen(y[start : start + m], z[start : start + m]))
+                start += m
+        return torch.cat(parts), y
+
+    def accuracy() -> float:
+        student.eval()
+        with torch.no_grad():
+            hits = sum(
+                (student(test_x[i : i + 1000].to(dev)).argmax(1).cpu() == test_y[i : i + 1000]).sum().item()
+                for i in range(0, len(test_x), 1000)
+            )
+        student.train()
+        return hits / len(test_x)
+
+    tucker = accuracy()
+    start = time.time()
+    for step in range(a.steps):
+        if gen_opt is not None:
+            x, y = draw(a.batch, grad=True)
+            t = teacher(x)
+            gen_loss = classification_loss(t, y) - a.adv * per_sample_kl(student(x), t).mean()
+            gen_opt.zero_grad()
+            gen_loss.backward()
+            gen_opt.step()
+        x = draw(a.batch * a.mine)[0].detach()
+        if a.mine > 1:
+            with torch.no_grad():
+                x = x[per_sample_kl(student(x), teacher(x)).topk(a.batch).indices]
+        with torch.no_grad():
+            t = teacher(x)
+        loss = distillation_loss(student(x), t, a.T)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if (step + 1) % max(500, a.steps // 10) == 0:
+            print(f"  step {step + 1}: loss {loss.item():.4f}, accuracy {accuracy():.4f}", flush=True)
+    result = {
+        **vars(a),
+        "params": report.params_after,
+        "tucker": tucker,
+        "acc": accuracy(),
+        "seconds": round(time.time() - start, 1),
+    }
+    print(json.dumps(result), flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(a.out, "a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
+def main() -> None:
+    a = parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    teacher, _ = load_classifier_and_spec(a.teacher)
+    teacher.eval().to(a.device)
+    for q in teacher.parameters():
+        q.requires_grad_(False)
+    train_generators(a, teacher) if a.cmd == "gen" else distill(a, teacher)
+
+
+if __name__ == "__main__":
+    main()
