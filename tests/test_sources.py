@@ -7,6 +7,7 @@ from conftest import TEACHER, quiet_trainer
 from kegnet_pl.data import NoiseDataModule
 from kegnet_pl.data.sources import (
     KegnetGenerators,
+    Mixture,
     NormalNoise,
     Pool,
     SampleSource,
@@ -122,3 +123,29 @@ def test_spec_rebuilds_the_source_without_its_file(generator_ckpt):
 def test_build_source_imports_nothing_a_checkpoint_names():
     with pytest.raises(CheckpointError, match="is not an imported SampleSource"):
         build_source({"class_path": "os.system", "init_args": {}})
+
+
+def test_mixture_takes_each_share_of_a_batch_in_order(generator_ckpt):
+    source = bound(Mixture([KegnetGenerators(generator_ckpt), UniformNoise()], [0.75, 0.25]))
+    assert source.counts(256) == [192, 64] and source.counts(3) == [2, 1] and sum(source.counts(7)) == 7
+    batch = source.sample(8, gen(3))
+    assert batch.shape == (8, 1, 32, 32) and torch.equal(batch, source.sample(8, gen(3)))
+    g = gen(3)  # the parts are the sources' own samples, drawn in turn with the one generator
+    expected = torch.cat([source.sources[0].sample(6, g), source.sources[1].sample(2, g)])
+    assert torch.equal(batch, expected)
+    assert batch[6:].abs().max() <= 1  # the noise part is U(-1, 1)
+
+
+def test_mixture_spec_rebuilds_it_with_nested_sources(generator_ckpt):
+    source = bound(Pool(Mixture([KegnetGenerators(generator_ckpt), UniformNoise()], [0.5, 0.5]), size=32), seed=2)
+    rebuilt = build_source(source.spec())
+    rebuilt.load_state_dict(source.state_dict())
+    rebuilt.bind((1, 32, 32), 10, seed=0)
+    assert isinstance(rebuilt.source, Mixture) and rebuilt.source.fractions == [0.5, 0.5]
+    assert torch.equal(rebuilt.fill(), source.fill())
+
+
+@pytest.mark.parametrize("fractions", [[0.5], [0.7, 0.7], [-0.5, 1.5]])
+def test_mixture_refuses_shares_that_do_not_sum_to_one(fractions):
+    with pytest.raises(ConfigError, match="fractions"):
+        Mixture([UniformNoise(), NormalNoise()], fractions)

@@ -8,7 +8,7 @@ from conftest import ROOT, TEACHER, quiet_trainer, tiny_config
 
 from kegnet_pl.cli import main
 from kegnet_pl.data import NoiseDataModule
-from kegnet_pl.data.sources import KegnetGenerators, NormalNoise, Pool, UniformNoise
+from kegnet_pl.data.sources import KegnetGenerators, Mixture, NormalNoise, Pool, UniformNoise
 from kegnet_pl.errors import CheckpointError, ConfigError
 from kegnet_pl.modules import GeneratorModule, StudentModule
 
@@ -81,6 +81,21 @@ def test_shorthands_build_the_papers_sources(generator_ckpt, source, pool_size, 
     assert isinstance(model.source, expected[0])
     if isinstance(model.source, Pool):
         assert isinstance(model.source.source, expected[1]) and model.source.size == expected[2]
+
+
+def test_noise_fraction_mixes_uniform_noise_into_the_generators_batches(tmp_path, generator_ckpt):
+    model = StudentModule(generators=generator_ckpt, pool_size=None, noise_fraction=0.5, lr=1e-2)
+    assert isinstance(model.source, Mixture) and model.source.fractions == [0.5, 0.5]
+    assert [type(s) for s in model.source.sources] == [KegnetGenerators, UniformNoise]
+    trainer = quiet_trainer(tmp_path, max_steps=2)
+    trainer.fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=2))
+    trainer.save_checkpoint(tmp_path / "mixed.ckpt")
+    restored = StudentModule.load_from_checkpoint(tmp_path / "mixed.ckpt")
+    assert isinstance(restored.source, Mixture)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(restored.source.sample(8, g1), model.source.sample(8, g2))
+    with pytest.raises(ConfigError, match="noise_fraction"):
+        StudentModule(generators=generator_ckpt, noise_fraction=1.0)
 
 
 def test_a_source_object_is_used_as_given(generator_ckpt):

@@ -308,6 +308,77 @@ class Pool(SampleSource):
         }
 
 
+class Mixture(SampleSource):
+    """Batches made of several sources at fixed fractions: ``fractions[i]`` of every batch comes from ``sources[i]``.
+
+    A batch of ``n`` takes ``round``-ed counts that sum to ``n`` (largest remainders), drawn from the sources in
+    order with the same random generator, so a mixture is as reproducible as its parts. Held-out samples mix the
+    sources' own held-out sources at the same fractions. Full MNIST, the 99.31% teacher: KegNet's generator samples
+    with half of every batch replaced by U(-1, 1) noise gave every measured student more than either alone (README,
+    "Results").
+    """
+
+    def __init__(self, sources: list[SampleSource], fractions: list[float] | None = None) -> None:
+        """
+        Args:
+            sources: the sources to mix (two or more).
+            fractions: the share of each source in a batch, non-negative, summing to 1 (default: equal shares).
+        """
+        super().__init__()
+        if len(sources) < 2:
+            raise ConfigError(f"Mixture: give two or more sources, got {len(sources)}")
+        if fractions is None:
+            fractions = [1.0 / len(sources)] * len(sources)
+        fractions = [float(f) for f in fractions]
+        if len(fractions) != len(sources) or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+            raise ConfigError(
+                f"Mixture: fractions must be one non-negative share per source summing to 1, got {fractions} for "
+                f"{len(sources)} sources"
+            )
+        self.sources = nn.ModuleList(sources)
+        self.fractions = fractions
+
+    def bind(self, input_shape: Sequence[int], num_classes: int, seed: int = 0) -> None:
+        super().bind(input_shape, num_classes, seed)
+        for source in self.sources:
+            source.bind(input_shape, num_classes, seed)
+
+    def set_rank(self, rank: int) -> None:
+        for source in self.sources:
+            source.set_rank(rank)
+
+    def held_out(self) -> SampleSource:
+        held = [source.held_out() for source in self.sources]
+        if all(h is s for h, s in zip(held, self.sources, strict=True)):
+            return self
+        mixture = Mixture(held, self.fractions)
+        mixture.input_shape, mixture.num_classes = self.input_shape, self.num_classes
+        return mixture
+
+    def counts(self, n: int) -> list[int]:
+        """How many of ``n`` samples each source gives: the fractions rounded by largest remainder."""
+        exact = [n * f for f in self.fractions]
+        counts = [int(x) for x in exact]
+        by_remainder = sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])
+        for i in by_remainder[: n - sum(counts)]:
+            counts[i] += 1
+        return counts
+
+    def sample(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
+        parts = [
+            source.sample(count, generator, device)
+            for source, count in zip(self.sources, self.counts(n), strict=True)
+            if count > 0
+        ]
+        return torch.cat(parts)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "class_path": f"{__name__}.Mixture",
+            "init_args": {"sources": [source.spec() for source in self.sources], "fractions": list(self.fractions)},
+        }
+
+
 def _source_classes() -> dict[str, type[SampleSource]]:
     found: dict[str, type[SampleSource]] = {}
     stack = [SampleSource]
@@ -333,15 +404,21 @@ def build_source(spec: dict[str, Any]) -> SampleSource:
             f"the source {spec['class_path']!r} is not an imported SampleSource (known: {', '.join(sorted(classes))});"
             " import the module that defines it first"
         )
-    init_args = {
-        key: build_source(value) if isinstance(value, dict) and "class_path" in value else value
-        for key, value in (spec.get("init_args") or {}).items()
-    }
+
+    def build(value: Any) -> Any:
+        if isinstance(value, dict) and "class_path" in value:
+            return build_source(value)
+        if isinstance(value, list) and any(isinstance(item, dict) and "class_path" in item for item in value):
+            return [build(item) for item in value]
+        return value
+
+    init_args = {key: build(value) for key, value in (spec.get("init_args") or {}).items()}
     return cls(**init_args)
 
 
 __all__ = [
     "KegnetGenerators",
+    "Mixture",
     "NormalNoise",
     "Pool",
     "SampleSource",

@@ -34,6 +34,7 @@ from kegnet_pl.compression import compress_with_report, parameter_count
 from kegnet_pl.data.noise import batch_generator
 from kegnet_pl.data.sources import (
     KegnetGenerators,
+    Mixture,
     NormalNoise,
     Pool,
     SampleSource,
@@ -77,6 +78,7 @@ class StudentModule(TeacherStage):
         lr_schedule: Literal["constant", "cosine"] = "constant",
         seed: int = 0,
         use_generators: list[int] | None = None,
+        noise_fraction: float = 0.0,
         teacher_spec: dict[str, Any] | None = None,
         generator_spec: dict[str, Any] | None = None,
         student_ranks: dict[str, list[int]] | None = None,
@@ -108,6 +110,8 @@ class StudentModule(TeacherStage):
                 batches are keyed by the data's seed).
             use_generators: shorthand ``kegnet`` only: which of the checkpoint's generators to sample from (default:
                 all).
+            noise_fraction: shorthand ``kegnet`` only: this share of every batch is U(-1, 1) noise instead of
+                generator samples (a :class:`~kegnet_pl.data.sources.Mixture`); 0 is the paper's KegNet.
             teacher_spec: filled in with the teacher's architecture; leave unset.
             generator_spec: read from checkpoints of earlier versions only; leave unset.
             student_ranks: filled in with the exact ranks chosen for the student; leave unset.
@@ -124,6 +128,8 @@ class StudentModule(TeacherStage):
             raise ConfigError(f"StudentModule: pool_size must be positive or null (fresh samples), got {pool_size}")
         if weight_decay < 0:
             raise ConfigError(f"StudentModule: weight_decay must be >= 0, got {weight_decay}")
+        if not 0.0 <= noise_fraction < 1.0:
+            raise ConfigError(f"StudentModule: noise_fraction must be in [0, 1), got {noise_fraction}")
         if lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"StudentModule: lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         self.save_hyperparameters(ignore=["source"])
@@ -213,6 +219,9 @@ class StudentModule(TeacherStage):
                     "num_classes": teacher_spec["num_classes"],
                 }
             inner: SampleSource = KegnetGenerators(generators, hp.label_distribution, hp.use_generators, spec)
+            fraction = float(hp.get("noise_fraction") or 0.0)
+            if fraction > 0:
+                inner = Mixture([inner, UniformNoise()], [1.0 - fraction, fraction])
         else:
             inner = UniformNoise() if name == "uniform" else NormalNoise()
         if hp.pool_size is None:
