@@ -19,10 +19,11 @@ gives the ceiling that data-free distillation can reach with the same steps::
     python benchmarks/recipe_mnist.py distill --source uniform --student lenet5-s3
     python benchmarks/recipe_mnist.py distill --source real --student lenet5-s3
 
-Variants: ``--mine K`` draws K batches and trains on the one of them the student follows worst (highest KL);
-``--adv L`` trains the generators during distillation against ``l_cls - L * KL(teacher || student)`` (Adam
-``--adv-lr``), a DFAD-like push towards the student's errors. ``--device cuda`` runs on a GPU. Needs
-``make data``.
+Variants: ``--source mix`` replaces ``--noise-fraction`` of every generator batch by U(-1, 1) noise (what
+``StudentModule(noise_fraction=...)`` does); ``--mine K`` draws K batches' worth of samples and trains on the
+``--batch`` of them the student follows worst (highest KL from the teacher); ``--adv L`` trains the generators during
+distillation against ``l_cls - L * KL(teacher || student)`` (Adam ``--adv-lr``), a DFAD-like push towards the
+student's errors. ``--device cuda`` runs on a GPU. Needs ``make data``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--source", default="kegnet", choices=["kegnet", "uniform", "normal", "real"])
+    p.add_argument("--source", default="kegnet", choices=["kegnet", "mix", "uniform", "normal", "real"])
+    p.add_argument("--noise-fraction", type=float, default=0.5, help="mix: share of every batch that is U(-1, 1)")
     p.add_argument("--labels", default="uniform", choices=["uniform", "onehot"], help="labels fed to generators")
     p.add_argument("--adv", type=float, default=0.0)
     p.add_argument("--adv-lr", type=float, default=1e-4)
@@ -116,7 +118,7 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
     test_x, test_y = mnist(a.data, "test")
     real = mnist(a.data, "train")[0].to(dev) if a.source == "real" else None
     gens = []
-    if a.source == "kegnet":
+    if a.source in ("kegnet", "mix"):
         for path in a.gens.split(","):
             for state in torch.load(path, map_location="cpu").values():
                 gen = build_generator(SHAPE, 10, 10)
@@ -142,6 +144,13 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
             return torch.rand(n, *SHAPE, device=dev) * 2 - 1, None
         if a.source == "normal":
             return torch.randn(n, *SHAPE, device=dev), None
+        if a.source == "mix":
+            noise = int(n * a.noise_fraction)
+            x, y = generated(n - noise, grad)
+            return torch.cat([x, torch.rand(noise, *SHAPE, device=dev) * 2 - 1]), y
+        return generated(n, grad)
+
+    def generated(n: int, grad: bool = False):
         y = sample_labels(n, 10, a.labels, None).to(dev)
         z = torch.randn(n, 10, device=dev)
         sizes = [n // len(gens) + (i < n % len(gens)) for i in range(len(gens))]
