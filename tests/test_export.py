@@ -105,3 +105,9 @@ def test_a_missing_format_is_a_one_line_error(tiny_checkpoints, capsys):
         main(["export", str(tiny_checkpoints["student"])])
     message = capsys.readouterr().err
     assert exit_info.value.code == 2 and message.count("\n") == 1 and "--format" in message
+
+
+def test_kegnet_help_names_the_export_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "kegnet export CHECKPOINT" in " ".join(capsys.readouterr().out.split())
