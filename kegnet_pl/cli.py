@@ -3,9 +3,12 @@
     kegnet fit  --config configs/mnist_subset/teacher.yaml
     kegnet test --config configs/mnist_subset/teacher.yaml --model.weights checkpoints/mnist_subset_lenet5.ckpt
     kegnet fit  --config configs/mnist_subset/teacher.yaml --ckpt_path last     # resume
+    kegnet export runs/student/last.ckpt --format onnx --out student.onnx       # the student alone
+
 
 Models and DataModules are given by class name in the YAML (``class_path: TeacherModule``); every
-``__init__`` argument is a documented option (``kegnet fit --help``, ``--print_config``).
+``__init__`` argument is a documented option (``kegnet fit --help``, ``--print_config``). ``kegnet export`` is not a
+Trainer method: :func:`main` hands it to :mod:`kegnet_pl.export` before LightningCLI parses anything.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import kegnet_pl.modules  # noqa: F401  (registers the LightningModules' short n
 from kegnet_pl.atomic import atomic_write_text
 from kegnet_pl.checkpointing import AtomicCheckpointIO, keep_last_every_epoch, last_checkpoint, refuse_to_mix_runs
 from kegnet_pl.errors import CheckpointError, ConfigError, KegnetError, parser_message
+from kegnet_pl.export import main as export_main
 from kegnet_pl.loading import read_checkpoint
 from kegnet_pl.modules.base import NOISE_SETTINGS, noise_setting
 from kegnet_pl.nets.registry import TRUST_ENV, trust_arch
@@ -245,6 +249,12 @@ def find_last_checkpoint(config: Any, subcommand: str) -> Path:
     raise ConfigError(f"--ckpt_path last found nothing to {goal}: no last.ckpt in {where}; {todo}")
 
 
+DESCRIPTION = (
+    "Train and test KegNet's stages (fit, validate, test, predict: a LightningCLI). Also: kegnet export CHECKPOINT "
+    "--format onnx|pt2 --out FILE writes a student alone (see kegnet export --help)."
+)
+
+
 def build_cli(args: list[str] | None = None, run: bool = True) -> KegnetCLI:
     """The ``kegnet`` LightningCLI; with ``run=False`` it only instantiates the trainer, model and data."""
     return KegnetCLI(
@@ -254,7 +264,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> KegnetCLI:
         subclass_mode_data=True,
         save_config_callback=AtomicSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"exit_on_error": False},
+        parser_kwargs={"exit_on_error": False, "description": DESCRIPTION},
         args=args,
         run=run,
         auto_configure_optimizers=False,
@@ -263,6 +273,10 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> KegnetCLI:
 
 def main(args: list[str] | None = None) -> None:
     """Run ``kegnet`` with ``args`` (default: the command line). A user's mistake exits 2 with one line."""
+    words = list(sys.argv[1:] if args is None else args)
+    if words[:1] == ["export"]:  # not a Trainer method: its own parser (kegnet_pl.export)
+        export_main(words[1:])
+        return
     try:
         build_cli(args)
     except argparse.ArgumentError as err:  # a config key or value the parser does not accept
