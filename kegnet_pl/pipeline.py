@@ -2,7 +2,9 @@
 
 For every seed it trains the generators, then every requested student from the generators' samples (``kegnet``)
 and from the noise baselines (``uniform``, ``normal``), evaluates each on real test data, and writes into one
-run folder::
+run folder. Other data-free methods run beside KegNet as stages of their own (``methods: [kegnet, dafl, dfad]``):
+each is a ``kegnet`` config (``method_configs``) whose model is a StudentModule that trains its own inputs (DAFL,
+DFAD), given the pipeline's teacher, seed and student preset; the generator stage runs only for ``kegnet``::
 
     <out>/seed<S>/<stage>/config.yaml      the stage's full config: `kegnet fit --config` reruns it exactly
     <out>/seed<S>/<stage>/stage.log        what the stage printed
@@ -36,7 +38,37 @@ from kegnet_pl.errors import ConfigError, KegnetError, parser_message
 
 RESULT = "result.json"
 METRICS = "metrics.json"
-METHODS = ("teacher", "tucker", "uniform", "normal", "kegnet")
+BASELINES = ("uniform", "normal")
+#: the table's names of the rows; a method without one is shown as ``+<name>``
+NAMES = {
+    "teacher": "Teacher",
+    "tucker": "Tucker only",
+    "uniform": "+Uniform",
+    "normal": "+Gaussian",
+    "kegnet": "+KegNet",
+    "dafl": "+DAFL",
+    "dfad": "+DFAD",
+}
+
+
+def arg_value(args: Sequence[str], key: str) -> Any:
+    """The value that ``kegnet`` command-line ``args`` give the dotted ``key`` (``model.teacher``; an ``init_args``
+    part may be present or not, ``--k=v`` or ``--k v``), the last one winning, read as YAML; None when absent."""
+
+    def plain(name: str) -> str:
+        return ".".join(part for part in name.removeprefix("--").split(".") if part != "init_args")
+
+    found = None
+    for index, arg in enumerate(args):
+        name, sep, value = arg.partition("=")
+        if not name.startswith("--") or plain(name) != key:
+            continue
+        if not sep:
+            if index + 1 >= len(args):
+                continue
+            value = args[index + 1]
+        found = yaml.safe_load(value)
+    return found
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -100,6 +132,34 @@ def stage_config(
     return config
 
 
+def check_methods(
+    methods: Sequence[str], method_configs: dict[str, str], method_args: dict[str, Sequence[str]]
+) -> None:
+    """One-line errors for a method list that cannot run: unknown names, repeats, stray configs or arguments."""
+    known = ["kegnet", *sorted(name for name in method_configs if name != "kegnet")]
+    if not methods:
+        raise ConfigError(f"give at least one method (methods: [{', '.join(known)}])")
+    unknown = [name for name in methods if name not in known]
+    if unknown:
+        raise ConfigError(
+            f"unknown methods {unknown}; known: {', '.join(known)} (kegnet, or a method that method_configs gives a "
+            f"config for, e.g. method_configs: {{{unknown[0]}: configs/mnist/{unknown[0]}.yaml}})"
+        )
+    repeated = sorted({name for name in methods if list(methods).count(name) > 1})
+    if repeated:
+        raise ConfigError(f"methods {list(methods)} name {repeated} more than once")
+    if "kegnet" in method_configs or "kegnet" in method_args:
+        raise ConfigError(
+            "kegnet takes no method_configs or method_args entry: its stages use generator_config / generator_args "
+            "and student_config / student_args"
+        )
+    stray = sorted(set(method_args) - set(known))  # a method listed in method_configs but not run may keep its args
+    if stray:
+        raise ConfigError(
+            f"method_args names {stray}, which method_configs gives no config for (known: {', '.join(known)})"
+        )
+
+
 class Pipeline:
     """Runs the stages of one pipeline folder; see the module docstring."""
 
@@ -116,7 +176,21 @@ class Pipeline:
         trainer_config: str | None,
         echo=print,
         teacher: dict[str, Any] | None = None,
+        methods: Sequence[str] = ("kegnet",),
+        method_configs: dict[str, str] | None = None,
+        method_args: dict[str, Sequence[str]] | None = None,
     ) -> None:
+        self.methods = list(methods)
+        method_configs, method_args = dict(method_configs or {}), dict(method_args or {})
+        check_methods(self.methods, method_configs, method_args)
+        self.method_bases = {}
+        for method in self.methods:
+            if method != "kegnet":
+                try:
+                    self.method_bases[method] = read_config(method_configs[method])
+                except ConfigError as err:
+                    raise ConfigError(f"method_configs.{method}: {err}") from err
+        self.method_args = {method: list(method_args.get(method, [])) for method in self.methods}
         self.generator_base = read_config(generator_config)
         self.teacher = {key: value for key, value in (teacher or {}).items() if value is not None}
         self.student_base = read_config(student_config)
@@ -128,11 +202,26 @@ class Pipeline:
         self.generator_args = list(generator_args)
         self.student_args = list(student_args)
         self.echo = echo
-        unknown = sorted(set(self.baselines) - {"uniform", "normal"})
+        unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
             raise ConfigError(f"unknown baselines {unknown}; choose from uniform, normal")
         if not self.students:
             raise ConfigError("give at least one student (e.g. students: [lenet5-s1])")
+        self.teacher_args = {**self.teacher, "teacher": self._teacher_file()}
+
+    def _teacher_file(self) -> str | None:
+        """The teacher every stage uses: the ``teacher`` option, else the generator stage's (its args, then its
+        config). The methods other than KegNet get this file; KegNet's students take it from the generators."""
+        if "teacher" in self.teacher:
+            return self.teacher["teacher"]
+        given = arg_value(self.generator_args, "model.teacher")
+        teacher = given if given is not None else self.generator_base["model"].get("init_args", {}).get("teacher")
+        if teacher is None and self.methods != ["kegnet"]:
+            raise ConfigError(
+                f"methods {self.methods} need the teacher's file: give teacher: PATH (or --teacher PATH), or set "
+                "model.init_args.teacher in the generator config"
+            )
+        return teacher
 
     # --- running one stage -------------------------------------------------------------------------
     def _kegnet(self, folder: Path, args: list[str]) -> None:
@@ -173,6 +262,8 @@ class Pipeline:
         self._kegnet(folder, ["test", "--config", str(config_path), *extra, *test_ckpt])
         result = json.loads((folder / METRICS).read_text())
         result["seconds"] = round(time.perf_counter() - start, 1)
+        if train:
+            result.update(training_done(last, config, extra))
         atomic_write_text(result_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
         return result
 
@@ -183,24 +274,51 @@ class Pipeline:
         for seed in self.seeds:
             self.echo(f"seed {seed}")
             root = self.out / f"seed{seed}"
-            folder = root / "generator"
-            config = stage_config(self.generator_base, folder, seed, self.teacher, self.trainer_preset)
-            config["data"]["init_args"].setdefault("val_batches", 4)
-            result = self.run_stage(folder, config, self.generator_args, train=True)
-            stages.append({"stage": "generator", "seed": seed, **result})
-            generators = str(folder / "checkpoints" / "last.ckpt")
+            generators = None
+            if "kegnet" in self.methods:
+                folder = root / "generator"
+                config = stage_config(self.generator_base, folder, seed, self.teacher, self.trainer_preset)
+                config["data"]["init_args"].setdefault("val_batches", 4)
+                result = self.run_stage(folder, config, self.generator_args, train=True)
+                stages.append({"stage": "generator", "seed": seed, **result})
+                generators = str(folder / "checkpoints" / "last.ckpt")
             for number, preset in enumerate(self.students, start=1):
-                common = {"generators": generators, "student": preset}
-                for source in ("tucker", "kegnet", *self.baselines):
+                for source, base, model_args, extra in self._student_stages(preset, generators):
                     folder = root / f"student{number}-{source}"
-                    args = {**common, "source": "kegnet" if source == "tucker" else source}
-                    config = stage_config(self.student_base, folder, seed, args, self.trainer_preset)
-                    result = self.run_stage(folder, config, self.student_args, train=source != "tucker")
+                    config = stage_config(base, folder, seed, model_args, self.trainer_preset)
+                    result = self.run_stage(folder, config, extra, train=source != "tucker")
                     stages.append({"stage": folder.name, "seed": seed, **result})
-                    if source == "tucker" and number == 1:
+                    if not any(row["seed"] == seed for row in rows):  # every stage tests the same teacher
                         rows.append(self._row("teacher", None, seed, result, teacher=True))
                     rows.append(self._row(source, number, seed, result))
         return self._write(rows, stages)
+
+    def _student_stages(
+        self, preset: str, generators: str | None
+    ) -> list[tuple[str, dict[str, Any], dict[str, Any], list[str]]]:
+        """``(name, base config, model args, extra args)`` of one student's stages: its Tucker start evaluated (not
+        for a student trained from scratch), each method, each noise baseline."""
+        from kegnet_pl.nets import classifier_names
+
+        def student(source: str) -> dict[str, Any]:
+            args = {"student": preset, "source": source}
+            if generators is not None:  # the teacher comes with the generators
+                return {"generators": generators, **args}
+            return {"generators": None, **self.teacher_args, **args}
+
+        stages = []
+        if preset not in classifier_names():  # evaluation only: no sample of its source trains it
+            stages.append(
+                ("tucker", self.student_base, student("kegnet" if generators else "uniform"), self.student_args)
+            )
+        for method in self.methods:
+            if method == "kegnet":
+                stages.append(("kegnet", self.student_base, student("kegnet"), self.student_args))
+            else:
+                args = {**self.teacher_args, "student": preset}
+                stages.append((method, self.method_bases[method], args, self.method_args[method]))
+        stages += [(source, self.student_base, student(source), self.student_args) for source in self.baselines]
+        return stages
 
     @staticmethod
     def _row(method: str, student: int | None, seed: int, result: dict[str, Any], teacher: bool = False) -> dict:
@@ -240,6 +358,26 @@ class Pipeline:
         return results
 
 
+def training_done(checkpoint: Path, config: dict[str, Any], extra: Sequence[str]) -> dict[str, int]:
+    """What a stage trained, for the table's budget: the training batches its checkpoint's loops completed
+    (``train_batches``), its optimizer steps (``optimizer_steps``: Lightning's ``global_step``, which counts every
+    optimizer of a manually optimised method) and the batch size its config and ``extra`` args give."""
+    from kegnet_pl.loading import read_checkpoint
+
+    state = read_checkpoint(checkpoint)
+    done = {"optimizer_steps": int(state.get("global_step", 0))}
+    try:
+        done["train_batches"] = int(state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"])
+    except (KeyError, TypeError):  # a checkpoint without Lightning's loop state
+        pass
+    batch_size = arg_value(extra, "data.batch_size")
+    if batch_size is None:
+        batch_size = config.get("data", {}).get("init_args", {}).get("batch_size")
+    if isinstance(batch_size, int):
+        done["batch_size"] = batch_size
+    return done
+
+
 def _mean_std(values: list[float | None], scale: float = 100.0, digits: int = 2) -> str:
     """``mean ± std`` of the values present, times ``scale`` (accuracy in %); "n/a" when there are none."""
     values = [scale * v for v in values if v is not None]
@@ -250,60 +388,102 @@ def _mean_std(values: list[float | None], scale: float = 100.0, digits: int = 2)
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def _row_order(rows: list[dict[str, Any]]) -> list[str]:
+    """The table's rows: teacher, Tucker only, the noise baselines, then the methods in the order they ran."""
+    ran = list(dict.fromkeys(row["method"] for row in rows))
+    fixed = ["teacher", "tucker", *BASELINES]  # "tucker" also says which students were trained from scratch
+    return [name for name in fixed if name in ran or name == "tucker"] + [name for name in ran if name not in fixed]
+
+
+def _name(method: str) -> str:
+    return NAMES.get(method, f"+{method}")
+
+
+def _budget(stages: list[dict[str, Any]]) -> str:
+    """``batches x batch size (optimizer steps), seconds`` of a stage over seeds (the first seed's counts)."""
+    first = stages[0]
+    seconds = f"{statistics.mean(s['seconds'] for s in stages):.0f} s"
+    if "train_batches" not in first and "optimizer_steps" not in first:
+        return f"evaluation, {seconds}" if first["stage"].endswith("-tucker") else seconds
+    batches = first.get("train_batches", "?")
+    return f"{batches} x {first.get('batch_size', '?')} ({first.get('optimizer_steps', '?')} steps), {seconds}"
+
+
 def results_table(rows: list[dict[str, Any]], students: Sequence[str], stages: list[dict[str, Any]]) -> str:
-    """The paper's table: test accuracy (%) per method and student (mean ± std over seeds), then sizes and times."""
+    """The paper's table: test accuracy (%) per method and student (mean ± std over seeds), then fidelity, sizes,
+    and the training budget and wall time of every stage."""
     seeds = sorted({row["seed"] for row in rows})
-    names = {
-        "teacher": "Teacher",
-        "tucker": "Tucker only",
-        "uniform": "+Uniform",
-        "normal": "+Gaussian",
-        "kegnet": "+KegNet",
-    }
+    order = _row_order(rows)
+    numbers = range(1, len(students) + 1)
+    trained = [s for s in stages if s["stage"] != "generator" and "train_batches" in s]
+    budgets = {(s.get("train_batches"), s.get("batch_size"), s.get("optimizer_steps")) for s in trained}
+    if len(budgets) == 1:
+        ((batches, size, steps),) = budgets
+        budget = f"every method and baseline trained equal steps ({batches} batches of {size}, {steps} optimizer steps)"
+    else:
+        budget = "every method trained the budget its config and arguments give (table below)"
     header = "| method | " + " | ".join(f"student {n} ({preset})" for n, preset in enumerate(students, 1)) + " |"
-    lines = [f"Test accuracy (%) on real held-out data, {len(seeds)} seed(s): {', '.join(map(str, seeds))}", "", header]
-    lines.append("|---" * (len(students) + 1) + "|")
-    for method in METHODS:
+    title = f"Test accuracy (%) on real held-out data, {len(seeds)} seed(s): {', '.join(map(str, seeds))}"
+    lines = [f"{title}; {budget}." if trained else f"{title}.", "", header, "|---" * (len(students) + 1) + "|"]
+    scratch = False
+    for method in order:
         cells = []
-        for number in range(1, len(students) + 1):
-            picked = [r["accuracy"] for r in rows if r["method"] == method and (r["student"] in (number, None))]
-            cells.append(_mean_std(picked))
+        for number in numbers:
+            picked = [r for r in rows if r["method"] == method and (r["student"] in (number, None))]
+            if method == "tucker" and not picked and any(r["student"] == number for r in rows):
+                cells.append("from scratch")  # a registered classifier, not a compressed teacher: nothing to test
+                scratch = True
+                continue
+            cells.append(_mean_std([r["accuracy"] for r in picked]))
         if any(cell != "n/a" for cell in cells):
-            lines.append(f"| {names[method]} | " + " | ".join(cells) + " |")
-    lines += _fidelity_table(stages, students, names)
-    lines += ["", "| student | parameters | compression | seconds (kegnet / uniform / normal) |", "|---|---|---|---|"]
+            lines.append(f"| {_name(method)} | " + " | ".join(cells) + " |")
+    if scratch:
+        lines += [
+            "",
+            "from scratch: the student is a registered classifier trained from random weights (no Tucker start).",
+        ]
+    lines += _fidelity_table(stages, students, order)
+    lines += ["", "| student | parameters | compression |", "|---|---|---|"]
     for number, preset in enumerate(students, 1):
-        kegnet = [r for r in rows if r["method"] == "kegnet" and r["student"] == number]
-        if not kegnet:
-            continue
-        seconds = " / ".join(
-            f"{statistics.mean(r['seconds'] for r in rows if r['method'] == m and r['student'] == number):.0f}"
-            for m in ("kegnet", "uniform", "normal")
-            if any(r["method"] == m and r["student"] == number for r in rows)
-        )
-        lines.append(
-            f"| {number} ({preset}) | {kegnet[0]['params']:,} | {kegnet[0]['compression_ratio']:.2f}x | {seconds} |"
-        )
-    generator = [s["seconds"] for s in stages if s["stage"] == "generator"]
+        mine = [r for r in rows if r["student"] == number]
+        if mine:
+            lines.append(f"| {number} ({preset}) | {mine[0]['params']:,} | {mine[0]['compression_ratio']:.2f}x |")
+    lines += [
+        "",
+        "Training per stage: batches x batch size (optimizer steps), then wall time (mean over seeds)",
+        "",
+        "| method | " + " | ".join(f"student {n}" for n in numbers) + " |",
+        "|---" * (len(students) + 1) + "|",
+    ]
+    for method in order[1:]:
+        cells = []
+        for number in numbers:
+            mine = [s for s in stages if s["stage"] == f"student{number}-{method}"]
+            cells.append(_budget(mine) if mine else "n/a")
+        if any(cell != "n/a" for cell in cells):
+            lines.append(f"| {_name(method)} | " + " | ".join(cells) + " |")
+    generator = [s for s in stages if s["stage"] == "generator"]
     if generator:
-        lines += ["", f"Generator training: {statistics.mean(generator):.0f} s per seed."]
+        lines += ["", f"Generator training: {_budget(generator)} per seed, shared by the KegNet students."]
     return "\n".join(lines)
 
 
-def _fidelity_table(stages: list[dict[str, Any]], students: Sequence[str], names: dict[str, str]) -> list[str]:
+def _fidelity_table(stages: list[dict[str, Any]], students: Sequence[str], order: Sequence[str]) -> list[str]:
     """KL divergence from the teacher on the real test data per method and student, from the stages' results.
 
     Finer than accuracy where the student is close to the teacher: a few test images decide an accuracy gap of
     0.1 points, while the KL measures how the student follows the teacher on every image.
     """
     rows = []
-    for method in METHODS[1:]:  # the teacher is the reference
+    for method in order:
+        if method == "teacher":  # the reference
+            continue
         cells = [
             _mean_std([s.get("test/real_kl") for s in stages if s["stage"] == f"student{n}-{method}"], 1.0, 4)
             for n in range(1, len(students) + 1)
         ]
         if any(cell != "n/a" for cell in cells):
-            rows.append(f"| {names[method]} | " + " | ".join(cells) + " |")
+            rows.append(f"| {_name(method)} | " + " | ".join(cells) + " |")
     if not rows:  # stages recorded before the fidelity figures existed
         return []
     header = "| method | " + " | ".join(f"student {n}" for n in range(1, len(students) + 1)) + " |"
@@ -334,13 +514,17 @@ def run_pipeline(
     seeds: list[int] = [0],  # noqa: B006
     generator_args: list[str] = [],  # noqa: B006
     student_args: list[str] = [],  # noqa: B006
+    methods: list[str] = ["kegnet"],  # noqa: B006
+    method_configs: dict[str, str] = {},  # noqa: B006
+    method_args: dict[str, list[str]] = {},  # noqa: B006
     trainer_config: str | None = None,
     teacher: str | None = None,
     teacher_arch: str | None = None,
     input_shape: list[int] | None = None,
     num_classes: int | None = None,
 ) -> Path:
-    """Run the KegNet pipeline: generators, then students and noise baselines, evaluated on real test data.
+    """Run the KegNet pipeline: generators, then students, noise baselines and other methods, evaluated on real
+    test data.
 
     Args:
         generator_config: the generator stage's kegnet config (e.g. configs/mnist_subset/generator.yaml).
@@ -350,7 +534,15 @@ def run_pipeline(
         baselines: noise baselines trained like the KegNet students: uniform U(-1,1), normal N(0,1).
         seeds: one full pipeline per seed; the table gives mean ± std over seeds.
         generator_args: extra ``kegnet fit`` arguments of the generator stage (e.g. [--trainer.max_epochs, "3"]).
-        student_args: extra ``kegnet fit`` arguments of every student stage.
+        student_args: extra ``kegnet fit`` arguments of every student stage of KegNet, Tucker only and the baselines.
+        methods: the data-free methods to compare, each a stage per seed and student: ``kegnet`` (the generator
+            stage, then students distilled from its samples; it alone runs the generator stage), or any name that
+            ``method_configs`` gives a config for (e.g. [kegnet, dafl, dfad]).
+        method_configs: each method's ``kegnet`` config but kegnet's, by name (e.g. {dafl: configs/mnist/dafl.yaml,
+            dfad: configs/mnist/dfad.yaml}); its model is given the pipeline's teacher (model.init_args.teacher and
+            the three options below), the seed and the student preset (model.init_args.student).
+        method_args: extra ``kegnet fit`` arguments of a method's stages, by name (e.g. {dfad:
+            [--trainer.max_epochs=2]}).
         trainer_config: a trainer preset merged into every stage (e.g. configs/trainer/ddp_cpu2.yaml).
         teacher: the teacher's weights file, instead of the generator config's (any format ``kegnet`` reads).
         teacher_arch: its architecture, for a file that does not record it (a registered name, or an import path
@@ -371,6 +563,9 @@ def run_pipeline(
         student_args,
         trainer_config,
         teacher=own_teacher,
+        methods=methods,
+        method_configs=method_configs,
+        method_args=method_args,
     )
     return pipeline.run()
 

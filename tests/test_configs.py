@@ -6,6 +6,7 @@ import yaml
 from conftest import ROOT
 
 from kegnet_pl.cli import main
+from kegnet_pl.pipeline import check_methods
 
 STAGE_CONFIGS = sorted(
     path for path in ROOT.glob("configs/*/*.yaml") if "model" in (yaml.safe_load(path.read_text()) or {})
@@ -51,17 +52,25 @@ def test_trainer_preset_combines_with_a_stage_config(path, capsys):
     assert config["model"]["class_path"] == "kegnet_pl.modules.GeneratorModule"
 
 
-PIPELINES = sorted([*ROOT.glob("configs/*/pipeline.yaml"), *ROOT.glob("configs/*/demo.yaml")])
+PIPELINES = sorted(
+    [*ROOT.glob("configs/*/pipeline.yaml"), *ROOT.glob("configs/*/demo.yaml"), *ROOT.glob("configs/*/compare.yaml")]
+)
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda path: f"{path.parent.name}/{path.stem}")
 def test_pipeline_config_stage_arguments_parse(path, capsys):
-    """A typo in a pipeline's generator_args or student_args fails here, not minutes into ``make demo``."""
+    """A typo in a pipeline's generator_args, student_args or method_args fails here, not minutes into a run."""
     pipeline = yaml.safe_load(path.read_text())
-    for stage in ("generator", "student"):
-        stage_config = ROOT / pipeline[f"{stage}_config"]
-        config = print_config(capsys, "--config", str(stage_config), *pipeline.get(f"{stage}_args", []))
-        for arg in pipeline.get(f"{stage}_args", []):
+    check_methods(
+        pipeline.get("methods", ["kegnet"]), pipeline.get("method_configs", {}), pipeline.get("method_args", {})
+    )
+    stages = [(pipeline[f"{stage}_config"], pipeline.get(f"{stage}_args", [])) for stage in ("generator", "student")]
+    for method in pipeline.get("methods", ["kegnet"]):
+        if method != "kegnet":
+            stages.append((pipeline["method_configs"][method], pipeline.get("method_args", {}).get(method, [])))
+    for stage_config, args in stages:
+        config = print_config(capsys, "--config", str(ROOT / stage_config), *args)
+        for arg in args:
             key, value = arg.removeprefix("--").split("=", 1)
             section, *rest = key.split(".")
             node = config[section]

@@ -131,7 +131,8 @@ def test_results_table_means_and_fidelity():
     assert "| +KegNet | 96.00 ± 1.41 |" in table  # accuracy in %, sample std over seeds
     assert "| +KegNet | 0.0150 ± 0.0071 |" in table.split("KL divergence")[1]
     assert "+Uniform" not in table  # methods that did not run get no row
-    assert "| 1 (lenet5-s1) | 40 | 2.50x | 10 |" in table and "Generator training: 30 s per seed." in table
+    assert "| 1 (lenet5-s1) | 40 | 2.50x |" in table and "| +KegNet | 10 s |" in table  # wall time per stage
+    assert "Generator training: 30 s per seed" in table
     without = results_table(rows, ["lenet5-s1"], [{k: v for k, v in s.items() if k != "test/real_kl"} for s in stages])
     assert "KL divergence" not in without  # results written before the fidelity figures: no empty table
 
@@ -163,3 +164,63 @@ def test_a_users_teacher_reaches_the_generator_stage_without_editing_yaml(tmp_pa
     (tmp_path / "plain").mkdir()
     main(["--config", str(write_config(tmp_path / "plain"))])  # without the options the config's teacher stays
     assert "teacher_arch" not in seen["generator"]["model"]["init_args"]
+
+
+TINY_DFAD = [
+    "--trainer.max_epochs=1",
+    "--model.student_steps=1",
+    "--model.generator_width=8",
+    "--data.batch_size=8",
+    "--data.batches_per_epoch=2",
+    "--data.val_batches=1",
+]
+
+
+def test_methods_run_side_by_side_with_their_own_budgets(tmp_path):
+    """KegNet and DFAD on a student trained from scratch (no Tucker stage): a row each, their budgets tabulated."""
+    config = write_config(
+        tmp_path,
+        students=["lenet5-half"],
+        baselines=[],
+        methods=["kegnet", "dfad"],
+        method_configs={"dfad": str(ROOT / "configs/mnist_subset/dfad.yaml")},
+        method_args={"dfad": TINY_DFAD},
+    )
+    main(["--config", str(config)])
+    run = tmp_path / "run"
+    rows = json.loads((run / "results.json").read_text())
+    assert [(r["method"], r["student"]) for r in rows] == [("teacher", None), ("kegnet", 1), ("dfad", 1)]
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert rows[1]["params"] == rows[2]["params"] == 15_738  # the same lenet5-half, distilled by each method
+    assert not (run / "seed0" / "student1-tucker").exists()
+    dfad = yaml.safe_load((run / "seed0" / "student1-dfad" / "config.yaml").read_text())
+    model = dfad["model"]["init_args"]
+    teacher = str(ROOT / "checkpoints/mnist_subset_lenet5.ckpt")  # the generator stage's, from generator_args
+    assert (model["teacher"], model["student"], model["seed"]) == (teacher, "lenet5-half", 0)
+    assert dfad["trainer"]["default_root_dir"] == str(run / "seed0" / "student1-dfad")
+    done = json.loads((run / "seed0" / "student1-dfad" / "result.json").read_text())
+    assert (done["train_batches"], done["batch_size"], done["optimizer_steps"]) == (2, 8, 4)  # 1 student + 1 generator
+    table = (run / "results.md").read_text()
+    assert "the budget its config and arguments give" in table.splitlines()[0]
+    assert "| Tucker only | from scratch |" in table and "| +KegNet |" in table and "| +DFAD |" in table
+    assert "| +DFAD | 2 x 8 (4 steps), " in table and "| +KegNet | 4 x 16 (4 steps), " in table
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"methods": ["kegnet", "dafll"]}, "unknown methods ['dafll']; known: kegnet, dfad"),
+        ({"methods": ["dfad"], "method_configs": {"dfad": "nope/dfad.yaml"}}, "method_configs.dfad: config file"),
+        (
+            {"method_args": {"dafl": ["--trainer.max_epochs=1"]}},
+            "method_args names ['dafl'], which method_configs gives no config for",
+        ),
+    ],
+)
+def test_bad_methods_are_one_clear_error(tmp_path, capsys, overrides, message):
+    overrides = {"method_configs": {"dfad": str(ROOT / "configs/mnist_subset/dfad.yaml")}, **overrides}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(write_config(tmp_path, **overrides))])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kegnet-pipeline: error: ") and message in err and len(err.strip().splitlines()) == 1

@@ -262,3 +262,14 @@ def test_cosine_schedule_ends_the_run_at_learning_rate_zero(tmp_path, generator_
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ConfigError, match="lr_schedule must be 'constant' or 'cosine', got 'step'"):
         StudentModule(generators=generator_ckpt, lr_schedule="step")
+
+
+def test_a_teacher_file_without_its_architecture_takes_the_teacher_options(tmp_path):
+    bare = tmp_path / "weights.pt"
+    torch.save(StudentModule(teacher=TEACHER, source="uniform", pool_size=4).teacher.net.state_dict(), bare)
+    with pytest.raises(CheckpointError, match="teacher_arch lenet5"):
+        StudentModule(teacher=str(bare), source="uniform", pool_size=4)
+    model = StudentModule(
+        teacher=str(bare), teacher_arch="lenet5", input_shape=[1, 32, 32], num_classes=10, source="uniform", pool_size=4
+    )
+    assert model.num_classes == 10 and model.input_shape == (1, 32, 32)

@@ -89,6 +89,9 @@ class DAFLModule(StudentModule):
     def __init__(
         self,
         teacher: str | None = None,
+        teacher_arch: str | None = None,
+        input_shape: list[int] | None = None,
+        num_classes: int | None = None,
         student: str | dict[str, Any] = "lenet5-half",
         noise_dim: int = 100,
         generator_width: int = 64,
@@ -107,6 +110,9 @@ class DAFLModule(StudentModule):
         Args:
             teacher: the trained classifier's weights file (a kegnet_pl checkpoint); its architecture must have
                 ``forward_features`` and ``forward_head`` (every registered classifier has).
+            teacher_arch: the teacher's architecture, for a ``teacher`` file that does not record it.
+            input_shape: the teacher's input shape, for a ``teacher`` file that does not record it.
+            num_classes: the teacher's class count, for a ``teacher`` file that does not record it.
             student: a registered classifier trained from scratch (DAFL: ``lenet5-half``), or a compression preset
                 or spec of the teacher (``lenet5-s1``..``s3``: the Tucker students).
             noise_dim: size of the generator's noise (DAFL: 100).
@@ -134,6 +140,9 @@ class DAFLModule(StudentModule):
             raise ConfigError(f"DAFLModule: loss weights must be >= 0, got {negative}")
         super().__init__(
             teacher=teacher,
+            teacher_arch=teacher_arch,
+            input_shape=input_shape,
+            num_classes=num_classes,
             student=student,
             source=DFADGenerator(noise_dim, generator_width, generator_bn_eps),
             pool_size=None,

@@ -44,9 +44,8 @@ from kegnet_pl.data.sources import (
     strip_prefix,
 )
 from kegnet_pl.errors import ConfigError
-from kegnet_pl.loading import load_classifier_and_spec
 from kegnet_pl.losses import distillation_loss
-from kegnet_pl.modules.base import TeacherStage
+from kegnet_pl.modules.base import TeacherStage, load_teacher
 from kegnet_pl.modules.checks import check_data_fits, check_finite, with_lr_schedule
 from kegnet_pl.nets import build_classifier, build_classifier_from_spec, classifier_names
 
@@ -67,6 +66,9 @@ class StudentModule(TeacherStage):
         self,
         generators: str | None = None,
         teacher: str | None = None,
+        teacher_arch: str | None = None,
+        input_shape: list[int] | None = None,
+        num_classes: int | None = None,
         student: str | dict[str, Any] = "lenet5-s1",
         source: SampleSource | Shorthand = "kegnet",
         label_distribution: Literal["onehot", "uniform"] = "onehot",
@@ -90,6 +92,10 @@ class StudentModule(TeacherStage):
                 ``kegnet`` shorthand, the generators.
             teacher: the classifier to compress, if not the generators' own (a kegnet_pl checkpoint); its class
                 count and input shape must be those of the generators.
+            teacher_arch: the teacher's architecture, for a ``teacher`` file that does not record it (KegNet files,
+                state dicts).
+            input_shape: the teacher's input shape, for a ``teacher`` file that does not record it.
+            num_classes: the teacher's class count, for a ``teacher`` file that does not record it.
             student: which layers of the teacher to compress: a preset (``lenet5-s1``..``s3``,
                 ``resnet14-s1``..``s3``, ``mlp-r5``, ``mlp-r10``) or a spec mapping layer names/globs to rank rules;
                 or a registered classifier trained from scratch (``lenet5-half``, the DAFL/DFAD student).
@@ -144,7 +150,7 @@ class StudentModule(TeacherStage):
         else:
             self.source = self._shorthand_source(source, generators, loaded, teacher_spec, generator_spec)
 
-        teacher_net, teacher_spec = self._teacher(teacher, loaded, teacher_spec)
+        teacher_net, teacher_spec = self._teacher(teacher, loaded, teacher_spec, teacher_arch, input_shape, num_classes)
         self.set_teacher(teacher_net, teacher_spec)
         self.source.bind(self.input_shape, self.num_classes, seed)
         self.hparams["source_spec"] = self.source.spec()
@@ -230,12 +236,19 @@ class StudentModule(TeacherStage):
         return Pool(inner, size=hp.pool_size * chosen, seed=hp.seed)
 
     def _teacher(
-        self, teacher: str | None, loaded: dict[str, Any] | None, teacher_spec: dict[str, Any] | None
+        self,
+        teacher: str | None,
+        loaded: dict[str, Any] | None,
+        teacher_spec: dict[str, Any] | None,
+        teacher_arch: str | None = None,
+        input_shape: list[int] | None = None,
+        num_classes: int | None = None,
     ) -> tuple[nn.Module, dict[str, Any]]:
-        """The teacher: its own file, else the generator checkpoint's, else the source's, else rebuilt from
-        ``teacher_spec`` (its weights then come from this module's checkpoint)."""
+        """The teacher: its own file (described by ``teacher_arch``, ``input_shape``, ``num_classes`` where it does
+        not record them), else the generator checkpoint's, else the source's, else rebuilt from ``teacher_spec``
+        (its weights then come from this module's checkpoint)."""
         if teacher is not None:
-            return load_classifier_and_spec(teacher)
+            return load_teacher(teacher, teacher_arch, input_shape, num_classes, stage=type(self).__name__)
         owner: dict[str, Any] | None = None
         if loaded is not None:
             owner = {"spec": loaded["hparams"]["teacher_spec"], "state": strip_prefix(loaded["state"], "teacher.net.")}
