@@ -203,9 +203,9 @@ class DAFLModule(StudentModule):
         generator_opt.step()
         student_opt.step()
         losses = {"train/loss": loss_student, "train/loss_generator": loss_generator}
-        self.log_dict(losses, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        self.log_dict(losses, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=n)
         parts = {f"train/{name}": value for name, value in parts.items()}  # unweighted
-        self.log_dict(parts, on_step=True, on_epoch=True, batch_size=n)
+        self.log_dict(parts, on_step=True, on_epoch=True, sync_dist=True, batch_size=n)
 
     # --- images ------------------------------------------------------------------------------------
     @torch.no_grad()

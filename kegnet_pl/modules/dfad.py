@@ -204,7 +204,7 @@ class DFADModule(StudentModule):
         self.manual_backward(loss_generator)
         generator_opt.step()
         logged = {"train/loss": loss_student, "train/loss_generator": loss_generator}
-        self.log_dict(logged, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        self.log_dict(logged, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=n)
 
 
 __all__ = ["DFADGenerator", "DFADGeneratorNet", "DFADModule", "dfad_discrepancy"]

@@ -169,9 +169,17 @@ class GeneratorModule(TeacherStage):
             logged = {f"train/gen{g}/loss": loss, **{f"train/gen{g}/{name}": value for name, value in terms.items()}}
             if "loss_div" in terms:
                 logged[f"train/gen{g}/diversity"] = -torch.log(terms["loss_div"].detach().clamp_min(1e-30))
-            self.log_dict(logged, on_step=True, on_epoch=True, batch_size=len(x))
+            self.log_dict(logged, on_step=True, on_epoch=True, sync_dist=True, batch_size=len(x))
             self.log(f"train/gen{g}/teacher_acc", self.teacher_acc[g], on_step=False, on_epoch=True, batch_size=len(x))
-        self.log("train/loss", total / self.n_generators, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
+        self.log(
+            "train/loss",
+            total / self.n_generators,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=len(x),
+        )
         return total
 
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:

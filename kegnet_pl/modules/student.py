@@ -294,7 +294,7 @@ class StudentModule(TeacherStage):
             teacher_logits = self.teacher(x).float()
         loss = distillation_loss(self(x), teacher_logits, self.hparams.temperature)
         check_finite("student stage", self.global_step, self.current_epoch, {"loss_kd": loss})
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=len(x))
         return loss
 
     def _eval_step(self, batch: Any, stage: str) -> None:
