@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from kegnet_pl.pipeline import NAMES  # the row names of the pipeline's own table
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The paper's test accuracy (%) for students 1-3 (Table of ../shared/PAPER.md): method -> (s1, s2, s3).
@@ -55,13 +57,6 @@ ARCH = {
     "mnist_subset": ("lenet5", [1, 32, 32]),
     "fashion": ("resnet14", [1, 32, 32]),
     "svhn": ("resnet14", [3, 32, 32]),
-}
-NAMES = {
-    "teacher": "Teacher",
-    "tucker": "Tucker only",
-    "uniform": "+Uniform",
-    "normal": "+Gaussian",
-    "kegnet": "+KegNet",
 }
 
 

@@ -54,3 +54,10 @@ def parser_message(err: argparse.ArgumentError) -> str:
     )
     lines = [line.strip().removeprefix("- ") for line in str(err).splitlines()]
     return " ".join(line for line in lines if line and not line.startswith(noise))
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (no usage block), as every error of kegnet_pl's commands."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")

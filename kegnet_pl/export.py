@@ -34,7 +34,7 @@ import kegnet_pl.modules.dafl  # noqa: F401  (a checkpoint's _class_path may nam
 import kegnet_pl.modules.dfad  # noqa: F401  (and DFADModule)
 from kegnet_pl.atomic import atomic_write
 from kegnet_pl.compression import parameter_count
-from kegnet_pl.errors import CheckpointError, ConfigError, KegnetError
+from kegnet_pl.errors import CheckpointError, ConfigError, KegnetError, OneLineParser
 from kegnet_pl.loading import NET_PREFIX, load_classifier_and_spec, read_checkpoint
 from kegnet_pl.modules.student import StudentModule
 from kegnet_pl.nets.registry import TRUST_ENV
@@ -192,16 +192,9 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
     return Exported(out, role, type(net).__name__, parameter_count(net), input_shape, difference)
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line (no usage block), as every error of the command."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``kegnet export``."""
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog=PROG,
         description="Write the student of a checkpoint alone (no teacher, no generators) as ONNX or as a "
         "torch.export program (.pt2), with a dynamic batch dimension, checked against the checkpoint. A TeacherModule "

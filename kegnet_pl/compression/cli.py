@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from kegnet_pl.compression.spec import PRESETS, compress_with_report
-from kegnet_pl.errors import ConfigError, KegnetError
+from kegnet_pl.errors import ConfigError, KegnetError, OneLineParser
 from kegnet_pl.loading import SpecMissingError, load_classifier
 from kegnet_pl.nets import build_classifier, classifier_names, trust_arch
 
@@ -79,16 +79,9 @@ def _parse_spec_text(text: str) -> dict:
     return dict(spec)
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line (no usage block), as every error of the command."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``kegnet-compress``."""
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog=PROG,
         description="Tucker-compress a teacher classifier into a KegNet student and print its ranks and sizes.",
     )
