@@ -156,16 +156,10 @@ class DAFLModule(StudentModule):
         check_has_features(self.teacher.net, self.hparams["teacher_spec"].get("arch"))
         self.automatic_optimization = False
 
-    def frozen_modules(self) -> list[nn.Module]:
-        return [self.teacher]  # the generator trains, with its own optimiser
-
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         hp = self.hparams
         student = torch.optim.Adam(self.trainable_parameters(), lr=hp.lr)
-        generator_params = list(self.source.parameters())
-        assert not {id(p) for p in generator_params} & {id(p) for p in self.teacher.parameters()}
-        assert not {id(p) for p in generator_params} & {id(p) for p in self.student.parameters()}
-        return [student, torch.optim.Adam(generator_params, lr=hp.lr_generator)]
+        return [student, torch.optim.Adam(self.source_parameters(), lr=hp.lr_generator)]
 
     # --- the two losses ----------------------------------------------------------------------------
     def generator_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:

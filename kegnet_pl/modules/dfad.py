@@ -175,15 +175,10 @@ class DFADModule(StudentModule):
         )
         self.automatic_optimization = False
 
-    def frozen_modules(self) -> list[nn.Module]:
-        return [self.teacher]  # the generator trains, with its own optimiser
-
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         hp = self.hparams
         student = torch.optim.SGD(self.trainable_parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
-        generator_params = list(self.source.parameters())
-        assert not {id(p) for p in generator_params} & {id(p) for p in self.teacher.parameters()}
-        return [student, torch.optim.Adam(generator_params, lr=hp.lr_generator)]
+        return [student, torch.optim.Adam(self.source_parameters(), lr=hp.lr_generator)]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         student_opt, generator_opt = self.optimizers()

@@ -348,7 +348,15 @@ class StudentModule(TeacherStage):
         return [self.student]
 
     def frozen_modules(self) -> list[nn.Module]:
-        return [self.teacher, self.source]
+        """The teacher, and the source unless it trains (a method's generator, with its own optimiser)."""
+        return [self.teacher] if self.source.trainable else [self.teacher, self.source]
+
+    def source_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters of a trained source, for its own optimiser: never the teacher's or the student's."""
+        params = list(self.source.parameters())
+        others = {id(p) for module in (self.teacher, self.student) for p in module.parameters()}
+        assert not others & {id(p) for p in params}, f"{type(self).__name__}: the source shares a network's parameters"
+        return params
 
     def configure_optimizers(self) -> Any:
         params, hp = self.trainable_parameters(), self.hparams
