@@ -23,7 +23,11 @@ Variants: ``--source mix`` replaces ``--noise-fraction`` of every generator batc
 ``StudentModule(noise_fraction=...)`` does); ``--mine K`` draws K batches' worth of samples and trains on the
 ``--batch`` of them the student follows worst (highest KL from the teacher); ``--adv L`` trains the generators during
 distillation against ``l_cls - L * KL(teacher || student)`` (Adam ``--adv-lr``), a DFAD-like push towards the
-student's errors. ``--device cuda`` runs on a GPU. Needs ``make data``.
+student's errors; ``--mixup A`` trains on convex mixtures ``lam * x_i + (1 - lam) * x_j`` of the batch's samples
+(``lam ~ Beta(A, A)`` per sample, the teacher labelling each mixture); ``--shift P`` / ``--rotate D`` move each
+sample by up to P pixels / turn it by up to D degrees (border values fill the edges). Every line also holds ``val``,
+the accuracy on the 5,000 training images held out as the teacher's validation split: recipe choices are read from
+``val``, and ``acc`` (the 10,000 test images) only scores them. ``--device cuda`` runs on a GPU. Needs ``make data``.
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--adv-lr", type=float, default=1e-4)
     p.add_argument("--mine", type=int, default=1)
     p.add_argument("--T", type=float, default=1.0)
+    p.add_argument("--mixup", type=float, default=0.0, help="Beta(A, A) mixing of the batch's samples; 0: off")
+    p.add_argument("--shift", type=float, default=0.0, help="random translation of each sample, up to P pixels")
+    p.add_argument("--rotate", type=float, default=0.0, help="random rotation of each sample, up to D degrees")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
@@ -77,10 +84,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def mnist(root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``split`` of full MNIST: ``train`` (55,000), ``val`` (the last 5,000 training images) or ``test``."""
     dm = MNISTDataModule(root=root, batch_size=1000, val_size=5000)
     dm.prepare_data()
-    dm.setup("fit" if split == "train" else "test")
-    loader = dm.train_dataloader() if split == "train" else dm.test_dataloader()
+    dm.setup("test" if split == "test" else "fit")
+    loader = {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader}[split]()
     xs, ys = zip(*loader, strict=True)
     return torch.cat(xs), torch.cat(ys)
 
@@ -113,9 +121,27 @@ def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
     return F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(1)
 
 
+def augment(a: argparse.Namespace, x: torch.Tensor) -> torch.Tensor:
+    """``x`` moved by up to ``a.shift`` pixels and turned by up to ``a.rotate`` degrees, then mixed with a shuffled
+    copy of itself at ``lam ~ Beta(a.mixup, a.mixup)``, each per sample; ``x`` itself when all three are 0."""
+    n = len(x)
+    if a.shift or a.rotate:
+        angle = (torch.rand(n, device=x.device) * 2 - 1) * math.radians(a.rotate)
+        move = (torch.rand(n, 2, device=x.device) * 2 - 1) * (2 * a.shift / x.shape[-1])
+        cos, sin = angle.cos(), angle.sin()
+        theta = torch.stack([torch.stack([cos, -sin, move[:, 0]], 1), torch.stack([sin, cos, move[:, 1]], 1)], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    if a.mixup:
+        lam = torch.distributions.Beta(a.mixup, a.mixup).sample((n, 1, 1, 1)).to(x.device)
+        x = lam * x + (1 - lam) * x[torch.randperm(n, device=x.device)]
+    return x
+
+
 def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
     dev = a.device
     test_x, test_y = mnist(a.data, "test")
+    val_x, val_y = mnist(a.data, "val")
     real = mnist(a.data, "train")[0].to(dev) if a.source == "real" else None
     gens = []
     if a.source in ("kegnet", "mix"):
@@ -161,15 +187,15 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
                 start += m
         return torch.cat(parts), y
 
-    def accuracy() -> float:
+    def accuracy(images: torch.Tensor = test_x, labels: torch.Tensor = test_y) -> float:
         student.eval()
         with torch.no_grad():
             hits = sum(
-                (student(test_x[i : i + 1000].to(dev)).argmax(1).cpu() == test_y[i : i + 1000]).sum().item()
-                for i in range(0, len(test_x), 1000)
+                (student(images[i : i + 1000].to(dev)).argmax(1).cpu() == labels[i : i + 1000]).sum().item()
+                for i in range(0, len(images), 1000)
             )
         student.train()
-        return hits / len(test_x)
+        return hits / len(images)
 
     tucker = accuracy()
     start = time.time()
@@ -181,7 +207,7 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
             gen_opt.zero_grad()
             gen_loss.backward()
             gen_opt.step()
-        x = draw(a.batch * a.mine)[0].detach()
+        x = augment(a, draw(a.batch * a.mine)[0].detach())
         if a.mine > 1:
             with torch.no_grad():
                 x = x[per_sample_kl(student(x), teacher(x)).topk(a.batch).indices]
@@ -193,11 +219,12 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
         opt.step()
         sched.step()
         if (step + 1) % max(500, a.steps // 10) == 0:
-            print(f"  step {step + 1}: loss {loss.item():.4f}, accuracy {accuracy():.4f}", flush=True)
+            print(f"  step {step + 1}: loss {loss.item():.4f}, val accuracy {accuracy(val_x, val_y):.4f}", flush=True)
     result = {
         **vars(a),
         "params": report.params_after,
         "tucker": tucker,
+        "val": accuracy(val_x, val_y),
         "acc": accuracy(),
         "seconds": round(time.time() - start, 1),
     }
