@@ -1,10 +1,9 @@
 """DFAD: its loss against the paper's formula, its settings against its authors' MNIST script, which network each
 loss reaches, the networks' modes while it trains, its trainable generator source, a fit through kegnet, and resume."""
 
-import pytorch_lightning as pl
 import torch
 import yaml
-from conftest import ROOT, TEACHER, tiny_config
+from conftest import ROOT, TEACHER, tiny_config, training_modes
 
 from kegnet_pl.cli import main
 from kegnet_pl.data import NoiseDataModule
@@ -70,49 +69,15 @@ def test_student_loss_reaches_the_student_only_and_generator_loss_both_logits():
     assert all(p.grad is None for p in model.teacher.parameters())
 
 
-class ModeRecorder:
-    """Forward hooks noting, for each call, whether a network is in training mode and its output keeps a graph."""
-
-    def __init__(self, **nets: torch.nn.Module) -> None:
-        self.calls: dict[str, set[tuple[bool, bool]]] = {name: set() for name in nets}
-        self.on = False
-        for name, net in nets.items():
-            net.register_forward_hook(self.hook(name))
-
-    def hook(self, name):
-        def record(module, inputs, output):
-            if self.on:
-                self.calls[name].add((module.training, output.requires_grad))
-
-        return record
-
-
-def test_teacher_evaluates_and_generator_and_student_train_in_every_step(tmp_path):
+def test_teacher_evaluates_and_generator_and_student_train_in_every_step():
     """As its authors' train(): teacher.eval(), student.train(), generator.train() (batch statistics), for the
     student's steps (no graph to the generator) and the generator's (a graph through teacher and student)."""
     model = DFADModule(teacher=TEACHER, noise_dim=8, generator_width=8, student_steps=2)
-    recorder = ModeRecorder(teacher=model.teacher.net, generator=model.source.net, student=model.student)
-
-    class Switch(pl.Callback):
-        def on_train_batch_start(self, *args):
-            recorder.on = True
-
-        def on_train_batch_end(self, *args):
-            recorder.on = False
-
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Switch()],
-    )
-    trainer.fit(model, datamodule=NoiseDataModule(batch_size=4, batches_per_epoch=2, val_batches=1))
-    assert recorder.calls["teacher"] == {(False, False), (False, True)}  # eval; no graph in the student's steps
-    assert recorder.calls["generator"] == {(True, False), (True, True)}  # train mode, a graph in its own step only
-    assert {mode for mode, _ in recorder.calls["student"]} == {True}
+    data = NoiseDataModule(batch_size=4, batches_per_epoch=2, val_batches=1)
+    calls = training_modes(model, data, teacher=model.teacher.net, generator=model.source.net, student=model.student)
+    assert calls["teacher"] == {(False, False), (False, True)}  # eval; no graph in the student's steps
+    assert calls["generator"] == {(True, False), (True, True)}  # train mode, a graph in its own step only
+    assert {mode for mode, _ in calls["student"]} == {True}
 
 
 def test_generator_is_a_trainable_source_rebuilt_from_its_spec():
