@@ -172,3 +172,41 @@ def tiny_checkpoints(tmp_path_factory):
     student = StudentModule(generators=str(generator), student=FIXED_RANKS, pool_size=8)  # no EVBMF: fast
     student = module_checkpoint(student, folder / "student.ckpt")
     return {"teacher": Path(TEACHER), "generator": generator, "student": student}
+
+
+def training_modes(module, datamodule, **nets: torch.nn.Module) -> dict[str, set[tuple[bool, bool]]]:
+    """Fit ``module`` one epoch on the CPU and return, for each of ``nets``, the set of ``(training, output keeps a
+    graph)`` seen by its forward calls inside training steps (validation is left out)."""
+    import pytorch_lightning as pl
+
+    calls: dict[str, set[tuple[bool, bool]]] = {name: set() for name in nets}
+    inside = [False]
+
+    def recorder(name):
+        def record(net, inputs, output):
+            if inside[0]:
+                calls[name].add((net.training, output.requires_grad))
+
+        return record
+
+    class Inside(pl.Callback):
+        def on_train_batch_start(self, *args):
+            inside[0] = True
+
+        def on_train_batch_end(self, *args):
+            inside[0] = False
+
+    handles = [net.register_forward_hook(recorder(name)) for name, net in nets.items()]
+    trainer = Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Inside()],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    for handle in handles:
+        handle.remove()
+    return calls

@@ -6,10 +6,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, tiny_config
+import yaml
+from conftest import ROOT, tiny_config, training_modes
 from torch import nn
 
 from kegnet_pl.cli import main
+from kegnet_pl.data import NoiseDataModule
 from kegnet_pl.errors import ConfigError
 from kegnet_pl.images import DrawsSamples, SampleImages
 from kegnet_pl.loading import save_classifier
@@ -125,6 +127,53 @@ def test_generator_is_dafls_and_optimisers_hold_one_network_each(teacher):
 
     assert ids(p for g in student_opt.param_groups for p in g["params"]) == ids(model.student.parameters())
     assert ids(p for g in generator_opt.param_groups for p in g["params"]) == ids(model.source.parameters())
+
+
+#: DAFL-train.py's defaults (huawei-noah's DAFL), the protocol of its MNIST result
+AUTHORS_MNIST = {
+    "noise_dim": 100,
+    "generator_bn_eps": 0.8,
+    "onehot_weight": 1.0,
+    "activation_weight": 0.1,
+    "entropy_weight": 5.0,
+    "lr": 2e-3,
+    "lr_generator": 0.2,
+}
+
+
+def test_defaults_and_configs_are_the_authors_mnist_script(teacher):
+    model = DAFLModule(teacher=teacher)
+    assert {key: model.hparams[key] for key in AUTHORS_MNIST} == AUTHORS_MNIST
+    student_opt, generator_opt = model.configure_optimizers()  # plain Adam each, no schedule (none on MNIST there)
+    assert student_opt.defaults["weight_decay"] == generator_opt.defaults["weight_decay"] == 0
+    for name in ("mnist", "mnist_subset"):
+        config = yaml.safe_load((ROOT / "configs" / name / "dafl.yaml").read_text())
+        init_args = config["model"]["init_args"]
+        assert {key: init_args[key] for key in AUTHORS_MNIST} == AUTHORS_MNIST, name
+        assert config["data"]["init_args"]["batch_size"] == 512 and "lr_schedule" not in init_args, name
+    mnist = yaml.safe_load((ROOT / "configs/mnist/dafl.yaml").read_text())
+    assert mnist["trainer"]["max_epochs"] == 200 and mnist["data"]["init_args"]["batches_per_epoch"] == 120
+
+
+def test_student_loss_is_the_authors_kdloss(teacher):
+    """``kl_div(log_softmax(s), softmax(t), sum) / batch``: the KL divergence from the teacher's softmax, at T = 1."""
+    model = DAFLModule(teacher=teacher, **SMALL)
+    x = torch.randn(5, 1, 32, 32)
+    t = torch.randn(5, 10) * 3
+    s, q = model.student(x), F.softmax(t, dim=1)
+    naive = sum(q[b, k] * (q[b, k].log() - F.log_softmax(s, dim=1)[b, k]) for b in range(5) for k in range(10)) / 5
+    assert model.student_loss(x, t).item() == pytest.approx(naive.item(), rel=1e-5)
+
+
+def test_teacher_evaluates_and_generator_and_student_train_in_every_step(teacher):
+    """As its authors' loop: teacher.eval(), net.train() each iteration, the generator never out of train mode."""
+    model = DAFLModule(teacher=teacher, **SMALL)
+    data = NoiseDataModule(batch_size=4, batches_per_epoch=2, val_batches=1)
+    layer = model.teacher.net.fc2  # the teacher runs as forward_features and forward_head, not forward
+    calls = training_modes(model, data, teacher=layer, generator=model.source.net, student=model.student)
+    assert calls["teacher"] == {(False, True)}  # eval mode, with a graph back to the generator
+    assert calls["generator"] == {(True, True)}  # batch statistics, trained
+    assert {mode for mode, _ in calls["student"]} == {True}
 
 
 def test_generator_loss_is_the_weighted_sum_of_its_parts(teacher):

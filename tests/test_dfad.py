@@ -1,9 +1,12 @@
-"""DFAD: its loss against the paper's formula, its trainable generator source, a fit through kegnet, and resume."""
+"""DFAD: its loss against the paper's formula, its settings against its authors' MNIST script, which network each
+loss reaches, the networks' modes while it trains, its trainable generator source, a fit through kegnet, and resume."""
 
 import torch
-from conftest import ROOT, TEACHER, tiny_config
+import yaml
+from conftest import ROOT, TEACHER, tiny_config, training_modes
 
 from kegnet_pl.cli import main
+from kegnet_pl.data import NoiseDataModule
 from kegnet_pl.data.sources import build_source
 from kegnet_pl.modules.dfad import DFADGenerator, DFADModule, dfad_discrepancy
 
@@ -27,6 +30,54 @@ def test_discrepancy_is_the_mean_absolute_logit_gap():
     naive = sum(abs(s[b, k] - t[b, k]) for b in range(6) for k in range(10)) / 60
     assert torch.allclose(dfad_discrepancy(s, t), naive, atol=1e-6)
     assert dfad_discrepancy(t, t) == 0
+
+
+#: DFAD_mnist.py's defaults (VainF/Data-Free-Adversarial-Distillation), the protocol of its MNIST result
+AUTHORS_MNIST = {"noise_dim": 100, "student_steps": 5, "lr": 0.01, "lr_generator": 1e-3, "weight_decay": 1e-4}
+
+
+def test_defaults_and_configs_are_the_authors_mnist_script():
+    model = DFADModule(teacher=TEACHER)
+    assert {key: model.hparams[key] for key in AUTHORS_MNIST} == AUTHORS_MNIST
+    assert model.source.net.fc.in_features == 100 and model.source.net.fc.out_features == 128 * 8 * 8  # nz, ngf 64
+    student_opt, generator_opt = model.configure_optimizers()
+    assert isinstance(student_opt, torch.optim.SGD) and isinstance(generator_opt, torch.optim.Adam)
+    assert {key: student_opt.defaults[key] for key in ("lr", "momentum", "weight_decay")} == {
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+    }
+    assert generator_opt.defaults["lr"] == 1e-3 and generator_opt.defaults["weight_decay"] == 0
+    for name in ("mnist", "mnist_subset"):
+        config = yaml.safe_load((ROOT / "configs" / name / "dfad.yaml").read_text())
+        init_args = config["model"]["init_args"]
+        assert {key: init_args[key] for key in AUTHORS_MNIST} == AUTHORS_MNIST, name
+        assert config["data"]["init_args"]["batch_size"] == 512, name
+    mnist = yaml.safe_load((ROOT / "configs/mnist/dfad.yaml").read_text())
+    assert mnist["trainer"]["max_epochs"] == 40 and mnist["data"]["init_args"]["batches_per_epoch"] == 50
+
+
+def test_student_loss_reaches_the_student_only_and_generator_loss_both_logits():
+    model = DFADModule(teacher=TEACHER, noise_dim=8, generator_width=8)
+    x = model.source.sample(6, torch.Generator().manual_seed(0)).detach().requires_grad_()
+    model.student_loss(x).backward()
+    assert x.grad is None and all(p.grad is not None for p in model.student.parameters())
+    assert not any(p.grad is not None for p in model.source.parameters())
+    (through_both,) = torch.autograd.grad(model.generator_loss(x), x)
+    (student_side,) = torch.autograd.grad(-dfad_discrepancy(model.student(x), model.teacher(x).detach()), x)
+    assert not torch.allclose(through_both, student_side)  # the teacher's logits are not detached
+    assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def test_teacher_evaluates_and_generator_and_student_train_in_every_step():
+    """As its authors' train(): teacher.eval(), student.train(), generator.train() (batch statistics), for the
+    student's steps (no graph to the generator) and the generator's (a graph through teacher and student)."""
+    model = DFADModule(teacher=TEACHER, noise_dim=8, generator_width=8, student_steps=2)
+    data = NoiseDataModule(batch_size=4, batches_per_epoch=2, val_batches=1)
+    calls = training_modes(model, data, teacher=model.teacher.net, generator=model.source.net, student=model.student)
+    assert calls["teacher"] == {(False, False), (False, True)}  # eval; no graph in the student's steps
+    assert calls["generator"] == {(True, False), (True, True)}  # train mode, a graph in its own step only
+    assert {mode for mode, _ in calls["student"]} == {True}
 
 
 def test_generator_is_a_trainable_source_rebuilt_from_its_spec():

@@ -16,6 +16,11 @@ losses on one batch, then steps the generator's Adam and the student's Adam; the
 G and the generator's does not depend on S, so this is the same as a generator step followed by a student step
 on the batch drawn before it, and the same as the authors' code (one backward of the sum, then both steps).
 
+The defaults are those of the authors' MNIST script (``DAFL-train.py`` in huawei-noah's DAFL): z of size 100, Adam
+at 0.2 for the generator and 2e-3 for the student, both constant on MNIST, batch 512, 200 epochs of 120 iterations;
+the teacher in eval mode, the generator never out of training mode. Its authors keep the epoch whose student scores
+best on the test images; this keeps the last epoch (selecting on test data is neither data-free nor a fair test).
+
 The method is a :class:`~kegnet_pl.modules.student.StudentModule` whose sample source is a trainable generator
 (:class:`~kegnet_pl.modules.dfad.DFADGenerator`, which with ``noise_dim=100`` and ``bn_eps=0.8`` is DAFL's):
 the same teachers, students, validation, real-data tests, checkpoints and CLI as KegNet's students and DFAD. Each

@@ -10,6 +10,13 @@ The method is a :class:`~kegnet_pl.modules.student.StudentModule` whose sample s
 is trained: the same teachers, students, validation, real-data tests, checkpoints and CLI. Each noise batch
 holds a seed; its ``student_steps + 1`` draws of z come, in order, from one generator seeded by it, so resumed and
 multi-process runs draw what they should. Optimisation is manual: SGD for the student, Adam for the generator.
+
+The defaults are those of the authors' MNIST script (``DFAD_mnist.py`` in VainF/Data-Free-Adversarial-Distillation):
+z of size 100, student SGD at lr 0.01 with momentum 0.9 and weight decay 1e-4, generator Adam at lr 1e-3, both
+constant (its step schedule is off unless asked for), batch 512, 40 rounds of 50 iterations; the teacher in eval
+mode and the generator in training mode (BatchNorm on batch statistics) in every step. Its CIFAR script differs:
+z of size 256 and weight decay 5e-4. Its authors keep the round whose student scores best on the test images; this
+keeps the last round (selecting on test data is neither data-free nor a fair test).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ class DFADGeneratorNet(nn.Module):
     two BatchNorms after the convolutions (its code's ``BatchNorm2d(128, 0.8)``); DFAD's keeps the default 1e-5.
     """
 
-    def __init__(self, input_shape: Sequence[int], noise_dim: int = 256, width: int = 64, bn_eps: float = 1e-5) -> None:
+    def __init__(self, input_shape: Sequence[int], noise_dim: int = 100, width: int = 64, bn_eps: float = 1e-5) -> None:
         super().__init__()
         channels, height, wide = (int(size) for size in input_shape)
         if height != wide or height % 4:
@@ -71,13 +78,13 @@ class DFADGeneratorNet(nn.Module):
 
 
 class DFADGenerator(SampleSource):
-    """A trainable sample source: DFAD's generator of images from noise z ~ N(0, I) (DAFL's with ``noise_dim=100``
-    and ``bn_eps=0.8``; :class:`~kegnet_pl.modules.dafl.DAFLModule` builds it so)."""
+    """A trainable sample source: DFAD's generator of images from noise z ~ N(0, I) (DAFL's with ``bn_eps=0.8``;
+    :class:`~kegnet_pl.modules.dafl.DAFLModule` builds it so)."""
 
-    def __init__(self, noise_dim: int = 256, width: int = 64, bn_eps: float = 1e-5) -> None:
+    def __init__(self, noise_dim: int = 100, width: int = 64, bn_eps: float = 1e-5) -> None:
         """
         Args:
-            noise_dim: size of z (DFAD: 256; DAFL: 100).
+            noise_dim: size of z (DFAD's MNIST code and DAFL: 100; DFAD's CIFAR code: 256).
             width: channels of the generator's last block (DFAD and DAFL: 64).
             bn_eps: epsilon of the BatchNorms after the two 3x3 convolutions (DFAD: 1e-5; DAFL: 0.8).
         """
@@ -123,12 +130,12 @@ class DFADModule(StudentModule):
         input_shape: list[int] | None = None,
         num_classes: int | None = None,
         student: str | dict[str, Any] = "lenet5-half",
-        noise_dim: int = 256,
+        noise_dim: int = 100,
         generator_width: int = 64,
         student_steps: int = 5,
         lr: float = 0.01,
         lr_generator: float = 1e-3,
-        weight_decay: float = 5e-4,
+        weight_decay: float = 1e-4,
         seed: int = 0,
         teacher_spec: dict[str, Any] | None = None,
         student_ranks: dict[str, list[int]] | None = None,
@@ -142,12 +149,12 @@ class DFADModule(StudentModule):
             num_classes: the teacher's class count, for a ``teacher`` file that does not record it.
             student: a registered classifier trained from scratch (DFAD: ``lenet5-half``), or a compression preset
                 or spec of the teacher (``lenet5-s1``..``s3``: the Tucker students).
-            noise_dim: size of the generator's noise (DFAD: 256).
+            noise_dim: size of the generator's noise (DFAD's MNIST code: 100; its CIFAR code: 256).
             generator_width: channels of the generator's last block (DFAD: 64).
             student_steps: student steps per generator step (DFAD: 5).
             lr: SGD learning rate of the student, momentum 0.9 (DFAD on MNIST: 0.01).
             lr_generator: Adam learning rate of the generator (DFAD: 1e-3).
-            weight_decay: weight decay of the student's SGD (DFAD: 5e-4).
+            weight_decay: weight decay of the student's SGD (DFAD's MNIST code: 1e-4; its CIFAR code: 5e-4).
             seed: seed of the generator's and a from-scratch student's initialisation.
             teacher_spec: filled in with the teacher's architecture; leave unset.
             student_ranks: filled in with the exact ranks of a compressed student; leave unset.
@@ -180,20 +187,31 @@ class DFADModule(StudentModule):
         student = torch.optim.SGD(self.trainable_parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
         return [student, torch.optim.Adam(self.source_parameters(), lr=hp.lr_generator)]
 
+    def student_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The student's loss on ``x``: the discrepancy to the teacher's logits, neither reaching the generator."""
+        x = x.detach()
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        return dfad_discrepancy(self.student(x), teacher_logits)
+
+    def generator_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The generator's loss on its samples ``x``: minus the discrepancy, its gradient through both the student
+        and the teacher (as its authors' code: neither side's logits are detached)."""
+        return -dfad_discrepancy(self.student(x), self.teacher(x))
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         student_opt, generator_opt = self.optimizers()
         n, draws = int(batch["size"]), batch_generator(batch)
         for _ in range(self.hparams.student_steps):  # the student closes the gap on the generator's samples
             with torch.no_grad():
                 x = self.source.sample(n, draws, self.device)
-                teacher_logits = self.teacher(x)
-            loss_student = dfad_discrepancy(self.student(x), teacher_logits)
+            loss_student = self.student_loss(x)
             check_finite("DFAD student step", self.global_step, self.current_epoch, {"loss_student": loss_student})
             student_opt.zero_grad()
             self.manual_backward(loss_student)
             student_opt.step()
         x = self.source.sample(n, draws, self.device)  # the generator widens it
-        loss_generator = -dfad_discrepancy(self.student(x), self.teacher(x))
+        loss_generator = self.generator_loss(x)
         check_finite("DFAD generator step", self.global_step, self.current_epoch, {"loss_generator": loss_generator})
         generator_opt.zero_grad()
         self.manual_backward(loss_generator)
