@@ -38,10 +38,12 @@ def generator_config(tmp_path, **model_args):
     )
 
 
-def test_fit_writes_checkpoint_tensorboard_scalars_images_and_png(tmp_path):
+def test_fit_writes_checkpoint_tensorboard_scalars_images_and_png(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     main(["fit", "--config", str(generator_config(tmp_path)), IMAGES])
+    images = f"{tmp_path / 'ckpt'}  (samples_gen-all.png, samples_gen0.png, samples_gen1.png)"
+    assert f"\n  images           {images}\n" in capsys.readouterr().out  # in the closing summary
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
     (events,) = (tmp_path / "tb").rglob("events.out.tfevents.*")
     acc = EventAccumulator(str(events))
