@@ -115,6 +115,8 @@ def fit_summary(
         add("last checkpoint", shown(last))
     if callback is None:
         add("checkpoints", "none (checkpointing is off)")
+    elif not best and not last:
+        add("checkpoints", "none written yet")
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             add("TensorBoard", f"{shown(logger.log_dir)}  (tensorboard --logdir {shown(logger.root_dir)})")

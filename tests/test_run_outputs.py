@@ -2,18 +2,20 @@
 
 import shlex
 
+import pytest
 import torch
 import yaml
 from conftest import teacher_config
+from pytorch_lightning import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kegnet_pl.cli import main
 from kegnet_pl.runs import RUN_KEY, recorded_run
 
 
-def summary(text):
+def summary(text, head="kegnet fit done"):
     """The closing summary's entries (``{'best checkpoint': ..., 'resume': ...}``) from a command's stdout."""
-    lines = text[text.index("kegnet fit done") :].splitlines()
+    lines = text[text.index(head) :].splitlines()
     return {line[2:19].strip(): line[19:].strip() for line in lines[1:] if line.startswith("  ")}
 
 
@@ -46,6 +48,44 @@ def test_fit_ends_with_its_outputs_and_the_commands_that_resume_and_test_it(tmp_
     assert [path.name for path in (tmp_path / "tb").iterdir()] == ["version_0"]
     main([*shlex.split(entries["resume"])[1:], "--trainer.max_epochs", "2"])
     assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+class CtrlC(Callback):
+    """Presses Ctrl+C after training step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def ctrl_c(step):
+    return f'--trainer.callbacks+={{"class_path": "test_run_outputs.CtrlC", "init_args": {{"step": {step}}}}}'
+
+
+def test_an_interrupted_fit_still_says_how_to_resume(tmp_path, capsys):
+    config = teacher_config(tmp_path / "first_epoch")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), ctrl_c(2)])
+    entries = summary(capsys.readouterr().out, "kegnet fit interrupted: 0 epochs, 2 steps")
+    assert entries["checkpoints"] == "none written yet" and "resume" not in entries
+
+    config = teacher_config(tmp_path / "second_epoch", **{"trainer.max_epochs": 2})
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), ctrl_c(6)])
+    entries = summary(capsys.readouterr().out, "kegnet fit interrupted: 1 epoch, 6 steps")
+    assert entries["last checkpoint"] == str(tmp_path / "second_epoch" / "ckpt" / "last.ckpt")  # the first epoch's
+    assert shlex.split(entries["resume"]) == [
+        "kegnet",
+        "fit",
+        "--config",
+        str(config),
+        ctrl_c(6),
+        "--ckpt_path",
+        "last",
+    ]
 
 
 def test_the_resume_command_names_the_file_when_last_would_not_find_it(tmp_path, capsys):
