@@ -348,7 +348,7 @@ class StudentModule(TeacherStage):
 
     def on_train_start(self) -> None:
         """Draw the source's fixed pools now, saying what and how long (rank 0): the first step would otherwise
-        wait for them in silence (5 x 6,400 generator samples: about 16 s on 2 CPU cores)."""
+        wait for them in silence (5 x 6,400 generator samples: 52 s on 2 busy CPU cores)."""
         for pool in (module for module in self.source.modules() if isinstance(module, Pool)):
             self._say(f"StudentModule: drawing a fixed pool of {pool.size:,} samples from {describe(pool.source)} ...")
             start = time.perf_counter()
