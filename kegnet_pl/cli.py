@@ -39,6 +39,7 @@ from kegnet_pl.export import main as export_main
 from kegnet_pl.loading import read_checkpoint
 from kegnet_pl.modules.base import NOISE_SETTINGS, noise_setting
 from kegnet_pl.nets.registry import TRUST_ENV, trust_arch
+from kegnet_pl.runs import RunRecord, continue_run, no_hp_metric, recorded_run
 
 #: The model options whose values name an architecture: what the user types there is trusted (see README, Security).
 ARCH_OPTIONS = ("arch", "teacher_arch")
@@ -68,7 +69,13 @@ class AtomicSaveConfigCallback(SaveConfigCallback):
 
 class KegnetCLI(LightningCLI):
     """LightningCLI with kegnet_pl's defaults: atomic checkpoint files, and a new run never writes into a
-    folder that holds another run's checkpoints unless ``--overwrite true`` is given."""
+    folder that holds another run's checkpoints unless ``--overwrite true`` is given. A fit ends with a summary of
+    its outputs, and a checkpoint's test or validation logs into its TensorBoard run (:mod:`kegnet_pl.runs`)."""
+
+    #: the command line after ``kegnet`` (``None`` when the arguments were given as a dictionary)
+    command_line: list[str] | None = None
+    #: the TensorBoard run that wrote the ``--ckpt_path`` file, if it records one
+    fit_run: tuple[Path, int] | None = None
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
@@ -92,6 +99,8 @@ class KegnetCLI(LightningCLI):
         """Parse, then trust the import paths the user typed (``arch`` / ``teacher_arch`` / ``--trust_arch``) before
         any checkpoint's hyper-parameters are merged into the config. A misspelt option is answered with the
         closest one that exists."""
+        words = sys.argv[1:] if args is None else args
+        self.command_line = [str(word) for word in words] if isinstance(words, list | tuple) else None
         try:
             super().parse_arguments(parser, args)
         except argparse.ArgumentError as err:
@@ -119,7 +128,9 @@ class KegnetCLI(LightningCLI):
         path = find_last_checkpoint(config, subcommand) if ckpt_path == "last" else ckpt_path
         if not path or not Path(path).is_file():
             return super()._parse_ckpt_path()  # Lightning's own message for a missing file
-        hparams = read_checkpoint(path).get("hyper_parameters") or {}
+        checkpoint = read_checkpoint(path)
+        self.fit_run = recorded_run(checkpoint)  # the TensorBoard run test/validate log into (continue_run)
+        hparams = checkpoint.get("hyper_parameters") or {}
         class_path = hparams.get("_class_path")
         saved_class = _loaded_module_class(class_path)
         if class_path is not None and saved_class is None:
@@ -158,6 +169,9 @@ class KegnetCLI(LightningCLI):
         kwargs["plugins"] = plugins
         trainer = super().instantiate_trainer(**kwargs)
         keep_last_every_epoch(trainer)  # last.ckpt = the end of the last epoch, as resuming and testing expect
+        no_hp_metric(trainer)
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        trainer.callbacks.append(RunRecord(self.command_line, partial(resumes_last, config)))
         return trainer
 
     def _load_weights_only(self) -> None:
@@ -167,7 +181,20 @@ class KegnetCLI(LightningCLI):
         if config.get("weights_only") is None and "weights_only" in config:
             config["weights_only"] = True
 
-    before_validate = before_test = before_predict = _load_weights_only
+    before_predict = _load_weights_only
+
+    def _log_into_fit_run(self) -> None:
+        """With ``--ckpt_path``, ``test`` and ``validate`` log into the TensorBoard run that wrote the checkpoint
+        (its own ``config.yaml`` kept: theirs is ``config_<subcommand>.yaml``)."""
+        self._load_weights_only()
+        if self.config_init[self.subcommand].get("ckpt_path") is None:
+            return
+        if continue_run(self.trainer, self.fit_run) is not None:
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, SaveConfigCallback):
+                    callback.config_filename = f"config_{self.subcommand}.yaml"
+
+    before_validate = before_test = _log_into_fit_run
 
     def before_fit(self) -> None:
         self._load_weights_only()
@@ -247,6 +274,14 @@ def find_last_checkpoint(config: Any, subcommand: str) -> Path:
     where = ", ".join(repr(str(folder)) for folder in folders if folder)
     goal = "resume" if subcommand == "fit" else subcommand
     raise ConfigError(f"--ckpt_path last found nothing to {goal}: no last.ckpt in {where}; {todo}")
+
+
+def resumes_last(config: Any) -> Path | None:
+    """The file ``kegnet fit ... --ckpt_path last`` would resume now with ``config``, if any."""
+    try:
+        return find_last_checkpoint(config, "fit")
+    except ConfigError:
+        return None
 
 
 DESCRIPTION = (

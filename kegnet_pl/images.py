@@ -12,7 +12,11 @@ from typing import Protocol, runtime_checkable
 import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
 
+from kegnet_pl.atomic import atomic_write
 from kegnet_pl.errors import ConfigError
+
+#: the PNG file that shows every generator's grid (``kegnet-pipeline`` copies it to its ``samples.png``)
+ALL_GENERATORS = "samples_gen-all.png"
 
 
 @runtime_checkable
@@ -26,20 +30,35 @@ class DrawsSamples(Protocol):
         ...
 
 
-def label_rows(grid: torch.Tensor, rows: int, cell: int, pad: int) -> torch.Tensor:
-    """``grid`` with a white margin on the left holding each row's class number (drawn with PIL's default font)."""
+def _text(width: int, height: int, lines: list[tuple[int, int, str]]) -> torch.Tensor:
+    """A white ``(1, height, width)`` image with each ``(x, y, text)`` of ``lines`` in black, drawn with PIL's default
+    font (Pillow ships with torchvision)."""
     from PIL import Image, ImageDraw
 
-    margin = cell // 2 + 6
-    labelled = torch.ones(grid.shape[0], grid.shape[1], grid.shape[2] + margin)
-    labelled[:, :, margin:] = grid
-    image = Image.new("L", (margin, grid.shape[1]), color=255)
+    image = Image.new("L", (width, height), color=255)
     draw = ImageDraw.Draw(image)
-    for row in range(rows):
-        draw.text((2, pad + row * (cell + pad) + cell // 2 - 6), str(row), fill=0)
-    labels = torch.tensor(list(image.getdata()), dtype=torch.float32).view(1, grid.shape[1], margin) / 255
-    labelled[:, :, :margin] = labels.expand(grid.shape[0], -1, -1)
-    return labelled
+    for x, y, text in lines:
+        draw.text((x, y), text, fill=0)
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(1, height, width).float() / 255
+
+
+def label_rows(grid: torch.Tensor, rows: int, cell: int, pad: int) -> torch.Tensor:
+    """``grid`` with a white margin on the left holding each row's class number."""
+    margin = cell // 2 + 6
+    labels = _text(
+        margin, grid.shape[1], [(2, pad + row * (cell + pad) + cell // 2 - 6, str(row)) for row in range(rows)]
+    )
+    return torch.cat([labels.expand(grid.shape[0], -1, -1), grid], dim=2)
+
+
+#: height in pixels of the strip that names a generator above its grid
+CAPTION = 16
+
+
+def captioned(grid: torch.Tensor, caption: str, height: int = CAPTION) -> torch.Tensor:
+    """``grid`` under a white strip of ``height`` pixels that holds ``caption``."""
+    strip = _text(grid.shape[2], height, [(2, 2, caption)])
+    return torch.cat([strip.expand(grid.shape[0], -1, -1), grid], dim=1)
 
 
 class SampleImages(Callback):
@@ -47,8 +66,9 @@ class SampleImages(Callback):
     (``z = 0`` first).
 
     Every ``every_n_epochs`` epochs each generator's grid goes to TensorBoard (``samples/gen<g>``, rank 0). At the
-    end of training the grids are also saved as ``samples_gen<g>.png`` and, all generators side by side,
-    ``samples_gen-all.png``, in ``folder`` (default: the checkpoint folder, else the logger's folder).
+    end of training the grids are also saved as ``samples_gen<g>.png`` and, all generators side by side, each under
+    its name (``gen <g>``), ``samples_gen-all.png``, in ``folder`` (default: the checkpoint folder, else the
+    logger's folder).
     """
 
     def __init__(self, every_n_epochs: int = 10, columns: int = 8, seed: int = 0, folder: str | None = None) -> None:
@@ -67,6 +87,7 @@ class SampleImages(Callback):
         self.columns = columns
         self.seed = seed
         self.folder = folder
+        self.written: list[Path] = []  # the PNG files of the last run, for kegnet's closing summary
 
     def grids(self, pl_module: LightningModule) -> list[torch.Tensor]:
         """One grid ``(3, H, W)`` per generator, each row labelled by its class; none for tabular data."""
@@ -82,12 +103,12 @@ class SampleImages(Callback):
 
     @staticmethod
     def side_by_side(grids: list[torch.Tensor], gap: int = 8) -> torch.Tensor:
-        """The grids in one image, left to right, with a white gap between them."""
+        """The grids in one image, left to right, each under its caption (``gen <g>``), with a white gap between."""
         parts = []
         for g, grid in enumerate(grids):
             if g:
-                parts.append(torch.ones(grid.shape[0], grid.shape[1], gap))
-            parts.append(grid)
+                parts.append(torch.ones(grid.shape[0], grid.shape[1] + CAPTION, gap))
+            parts.append(captioned(grid, f"gen {g}", CAPTION))
         return torch.cat(parts, dim=2)
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, grids: list[torch.Tensor]) -> None:
@@ -123,10 +144,10 @@ class SampleImages(Callback):
             return
         from torchvision.utils import save_image
 
-        folder.mkdir(parents=True, exist_ok=True)
-        for g, grid in enumerate(grids):
-            save_image(grid, folder / f"samples_gen{g}.png")
-        save_image(self.side_by_side(grids), folder / "samples_gen-all.png")
+        self.written = [folder / f"samples_gen{g}.png" for g in range(len(grids))] + [folder / ALL_GENERATORS]
+        for path, grid in zip(self.written, [*grids, self.side_by_side(grids)], strict=True):
+            with atomic_write(path, "wb") as handle:
+                save_image(grid, handle, format="png")
 
 
-__all__ = ["DrawsSamples", "SampleImages"]
+__all__ = ["ALL_GENERATORS", "DrawsSamples", "SampleImages"]

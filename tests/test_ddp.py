@@ -62,11 +62,15 @@ def test_generator_and_student_stages_under_ddp_spawn(tmp_path, capfd):
         },
         checkpoint={"monitor": "val/agreement", "mode": "max"},
     )
+    capfd.readouterr()
     main(["fit", "--config", str(student), "--config", DDP, recorder(student_dir)])
+    captured = capfd.readouterr()
     checkpoints, events = outputs_written_once(student_dir)
     assert checkpoints == ["epoch=0-step=2.ckpt", "last.ckpt"] and len(events) == 1
     state = torch.load(student_dir / "ckpt" / "last.ckpt", weights_only=True)
     assert state["global_step"] == 2
     rank0, rank1 = (torch.load(student_dir / f"batch_rank{r}.pt") for r in (0, 1))
     assert int(rank0["seed"]) != int(rank1["seed"])  # each rank draws its inputs, and its pool, from its own seed
-    assert "sync_dist" not in capfd.readouterr().err  # epoch metrics are reduced across ranks, no warning
+    assert "sync_dist" not in captured.err  # epoch metrics are reduced across ranks, no warning
+    for said in ("drawing a fixed pool of 64 samples", "pool of 64 samples drawn in", "kegnet fit done"):
+        assert captured.out.count(said) == 1, said  # rank 0 speaks (32 per generator); each rank draws its pool

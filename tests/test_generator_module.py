@@ -1,5 +1,6 @@
 """GeneratorModule: frozen teacher, independent generators, resume, DDP noise, TensorBoard and PNG outputs."""
 
+import numpy
 import pytest
 import torch
 import yaml
@@ -10,9 +11,16 @@ from pytorch_lightning import Callback
 from kegnet_pl.cli import main
 from kegnet_pl.data import NoiseDataModule
 from kegnet_pl.errors import CheckpointError, ConfigError
+from kegnet_pl.images import CAPTION
 from kegnet_pl.loading import save_classifier
 from kegnet_pl.modules import GeneratorModule
 from kegnet_pl.nets import ResNet14
+
+
+def pixels(path):
+    """A PNG as a (height, width) array of grey levels."""
+    return numpy.asarray(Image.open(path).convert("L"))
+
 
 IMAGES = '--trainer.callbacks+={"class_path": "kegnet_pl.images.SampleImages", "init_args": {"every_n_epochs": 1}}'
 
@@ -30,10 +38,12 @@ def generator_config(tmp_path, **model_args):
     )
 
 
-def test_fit_writes_checkpoint_tensorboard_scalars_images_and_png(tmp_path):
+def test_fit_writes_checkpoint_tensorboard_scalars_images_and_png(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     main(["fit", "--config", str(generator_config(tmp_path)), IMAGES])
+    images = f"{tmp_path / 'ckpt'}  (samples_gen-all.png, samples_gen0.png, samples_gen1.png)"
+    assert f"\n  images           {images}\n" in capsys.readouterr().out  # in the closing summary
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
     (events,) = (tmp_path / "tb").rglob("events.out.tfevents.*")
     acc = EventAccumulator(str(events))
@@ -43,10 +53,18 @@ def test_fit_writes_checkpoint_tensorboard_scalars_images_and_png(tmp_path):
         assert {f"train/gen{g}/{name}_epoch" for name in ("loss_cls", "loss_dec", "loss_div", "diversity")} <= scalars
         assert f"train/gen{g}/teacher_acc" in scalars
     assert {"samples/gen0", "samples/gen1"} <= set(acc.Tags()["images"])
-    png = Image.open(tmp_path / "ckpt" / "samples_gen0.png")
-    assert png.size == (22 + 2 + 8 * 34, 2 + 10 * 34)  # class numbers, 8 noise columns, a row per class of 32x32
-    both = Image.open(tmp_path / "ckpt" / "samples_gen-all.png")
-    assert both.size == (2 * png.size[0] + 8, png.size[1])  # every generator, side by side
+    pngs = [pixels(tmp_path / "ckpt" / f"samples_gen{g}.png") for g in (0, 1)]
+    height, width = pngs[0].shape
+    assert (width, height) == (22 + 2 + 8 * 34, 2 + 10 * 34)  # class numbers, 8 noise columns, a row per class
+    rows = [pngs[0][2 + 34 * k : 34 * (k + 1), :22] for k in range(10)]  # the margin beside each row of 32x32
+    assert all(row.min() < 128 for row in rows)  # a class number drawn beside every row ...
+    assert len({row.tobytes() for row in rows}) == 10  # ... and a different one each
+    both = pixels(tmp_path / "ckpt" / "samples_gen-all.png")
+    assert both.shape == (CAPTION + height, 2 * width + 8)  # every generator, side by side, under its name
+    blocks = [both[:, :width], both[:, width + 8 :]]
+    for png, block in zip(pngs, blocks, strict=True):
+        assert (block[CAPTION:] == png).all() and block[:CAPTION].min() < 128
+    assert (blocks[0][:CAPTION] != blocks[1][:CAPTION]).any()  # "gen 0", "gen 1"
 
 
 def test_teacher_unchanged_frozen_and_in_chosen_mode(tmp_path):

@@ -1,5 +1,7 @@
 """StudentModule: compressed student, frozen teacher and source, sources by class_path, resume and checkpoints."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ from kegnet_pl.data import NoiseDataModule
 from kegnet_pl.data.sources import KegnetGenerators, Mixture, NormalNoise, Pool, UniformNoise
 from kegnet_pl.errors import CheckpointError, ConfigError
 from kegnet_pl.modules import GeneratorModule, StudentModule
+from kegnet_pl.modules.student import describe
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +108,9 @@ def test_a_source_object_is_used_as_given(generator_ckpt):
     assert model.hparams.source_spec["init_args"]["size"] == 50
 
 
-def test_source_by_class_path_in_yaml_trains_and_resumes_from_its_spec(tmp_path, generator_ckpt):
-    """A Pool of KegnetGenerators given by class_path: the checkpoint alone rebuilds it, with its generators."""
+def test_source_by_class_path_in_yaml_trains_and_resumes_from_its_spec(tmp_path, generator_ckpt, capsys):
+    """A Pool of KegnetGenerators given by class_path: the checkpoint alone rebuilds it, with its generators. The
+    pool is drawn before the first step, saying what and how long."""
     source = {
         "class_path": "Pool",
         "init_args": {
@@ -116,6 +120,10 @@ def test_source_by_class_path_in_yaml_trains_and_resumes_from_its_spec(tmp_path,
     }
     config = student_config(tmp_path, generator_ckpt, source=source)
     main(["fit", "--config", str(config)])
+    out = capsys.readouterr().out
+    assert "StudentModule: drawing a fixed pool of 48 samples from 2 KegNet generators ...\n" in out
+    assert re.search(r"StudentModule: pool of 48 samples drawn in \d+\.\d s\n", out)
+    assert out.index("drawing a fixed pool") < out.index("pool of 48 samples drawn") < out.index("kegnet fit done")
     checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     spec = checkpoint["hyper_parameters"]["source_spec"]
     assert spec["class_path"].endswith("Pool") and spec["init_args"]["source"]["class_path"].endswith(
@@ -126,6 +134,12 @@ def test_source_by_class_path_in_yaml_trains_and_resumes_from_its_spec(tmp_path,
     generators = KegnetGenerators(generator_ckpt)
     for a, b in zip(loaded.source.source.generators, generators.generators, strict=True):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_the_pool_message_says_what_the_pool_is_drawn_from(generator_ckpt):
+    assert describe(KegnetGenerators(generator_ckpt, use_generators=[1])) == "1 KegNet generator"
+    mixture = Mixture([KegnetGenerators(generator_ckpt), UniformNoise()], [0.5, 0.5])
+    assert describe(mixture) == "a mixture of 2 KegNet generators and UniformNoise"
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path, generator_ckpt):
