@@ -18,7 +18,8 @@ slower than its teacher), then a sentence for each student slower than its teach
 latencies are also measured for the ONNX file that ``kegnet export`` writes, run by an
 ``onnxruntime.InferenceSession`` with ``--threads`` intra-op threads. The last line is a key=value summary.
 
-Usage: ``OMP_NUM_THREADS=1 python benchmarks/student_speed.py --threads 1``
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/student_speed.py`` (one thread: on a machine shared with other jobs, more
+threads make the latencies swing by several times from run to run)
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default=TEACHER, help=f"teacher checkpoint (default: {TEACHER})")
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), help="presets or registered classifiers")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for every measurement (default: 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for every measurement (default: 1)")
     parser.add_argument("--rounds", type=int, default=3, help="measurements of every network, in turn (default: 3)")
     parser.add_argument("--onnxruntime", action="store_true", help="also time the exported ONNX files")
     parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds per measurement (default: 0.3)")

@@ -192,7 +192,7 @@ def slower(figures: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 f"{speedup:.2f}x at batch {batch} ({100 * (1 / speedup - 1):.0f}% more time)"
                 for batch, speedup in worse
             ]
-            sentences.append(f"{label} is not faster than the teacher on this CPU: " + ", ".join(parts) + ".")
+            sentences.append(f"{label} is not faster than its teacher on this CPU: " + ", ".join(parts) + ".")
     return sentences
 
 

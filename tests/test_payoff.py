@@ -63,7 +63,7 @@ def test_table_and_slower_sentences():
     assert lines[0] == "| network | parameters | x | MFLOPs | x | batch 1 (ms) | x | batch 256 (ms) | x |"
     assert lines[3] == "| student | 250 | 4.00x | 1.000 | 4.00x | 1.250 | 0.80x | 20.00 | 2.00x |"
     assert payoff.slower(figures) == [
-        "student is not faster than the teacher on this CPU: 0.80x at batch 1 (25% more time)."
+        "student is not faster than its teacher on this CPU: 0.80x at batch 1 (25% more time)."
     ]
     sizes_only = payoff.table({"teacher": {"params": 1000, "compression_ratio": 1.0}})
     assert sizes_only[0] == "| network | parameters | x |"  # no FLOPs or latency columns without figures
@@ -121,7 +121,7 @@ def test_results_writer_writes_payoff_and_both_pngs(tmp_path):
     assert all(set(payoff.ROW_KEYS) <= set(row) for row in saved)
     assert (out / "results.md").read_text() == table + "\n"
     assert "| 1 (s1) | 350 | 1.97x | 0.001 | 2.00x | 0.025 | 0.80x | 1.000 | 2.00x |" in table
-    assert "1 (s1) is not faster than the teacher on this CPU: 0.80x at batch 1 (25% more time)." in table
+    assert "1 (s1) is not faster than its teacher on this CPU: 0.80x at batch 1 (25% more time)." in table
     assert "2 (s2) is not faster" not in table
 
     plot = png(out / "accuracy_vs_size.png")
