@@ -9,8 +9,11 @@ DFAD), given the pipeline's teacher, seed and student preset; the generator stag
     <out>/seed<S>/<stage>/config.yaml      the stage's full config: `kegnet fit --config` reruns it exactly
     <out>/seed<S>/<stage>/stage.log        what the stage printed
     <out>/seed<S>/<stage>/result.json      written when the stage finished (a finished stage is skipped)
-    <out>/results.json, results.md         accuracy, parameters, compression ratio and wall time per stage
-    <out>/samples.png                      the generators' image grid
+    <out>/results.json, results.md         accuracy, parameters, compression ratio and wall time per stage, and
+                                           the payoff of compression: FLOPs and CPU latency against the teacher
+    <out>/payoff.json                      those figures of the teacher and each student preset, measured once
+    <out>/accuracy_vs_size.png             test accuracy against parameters, a series per method
+    <out>/samples.png                      the generators' image grid, a row per class
 
 Each stage is an ordinary ``kegnet fit`` / ``kegnet test`` process, so every trainer option (devices, DDP,
 nodes) applies. Run the same command again after an interruption: finished stages are skipped and an
