@@ -179,3 +179,41 @@ def test_pipeline_rejects_negative_latency_threads(tmp_path):
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
+
+
+def test_pipeline_measures_the_payoff_once_and_latency_threads_0_leaves_latency_out(tmp_path, monkeypatch, capsys):
+    """Stages faked: the payoff of the generator config's teacher and the student preset, kept in payoff.json."""
+    import yaml
+    from conftest import ROOT
+
+    from kegnet_pl.pipeline import Pipeline, main
+
+    def fake_stage(self, folder, config, extra, train):
+        return {"test/acc": 0.9, "test/teacher_acc": 0.97, "params": 20_000, "teacher_params": 61_706,
+                "compression_ratio": 3.0, "seconds": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(Pipeline, "run_stage", fake_stage)
+    monkeypatch.setattr("kegnet_pl.pipeline.PAYOFF_MIN_RUN_TIME", 0.01)
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({
+        "generator_config": str(ROOT / "configs/mnist_subset/generator.yaml"),
+        "student_config": str(ROOT / "configs/mnist_subset/student.yaml"),
+        "out": str(tmp_path / "run"), "students": ["lenet5-s1", "lenet5-half"], "baselines": [], "seeds": [0],
+        "generator_args": [f"--model.teacher={TEACHER}"],
+    }))  # fmt: skip
+    main(["--config", str(config), "--latency_threads", "0"])
+    run = tmp_path / "run"
+    measured = json.loads((run / "payoff.json").read_text())
+    assert measured["latency_threads"] == 0 and sorted(measured["networks"]) == ["lenet5-half", "lenet5-s1", "teacher"]
+    rows = json.loads((run / "results.json").read_text())
+    half = [row for row in rows if row["student"] == 2]
+    assert half and all(row["flops"] == measured["networks"]["lenet5-half"]["flops"] for row in half)
+    assert all(row["latency_b1_ms"] is None and row["speedup_b256"] is None for row in rows)
+    assert "batch 1 (ms)" not in (run / "results.md").read_text() and "MFLOPs" in (run / "results.md").read_text()
+    assert "payoff of 3 networks measured" in capsys.readouterr().out
+
+    main(["--config", str(config), "--latency_threads", "0"])  # the same run again: the figures are reused
+    assert "measured" not in capsys.readouterr().out
+    main(["--config", str(config), "--latency_threads", "1"])  # another thread count: measured again, with latency
+    assert json.loads((run / "payoff.json").read_text())["latency_threads"] == 1
+    assert all(row["latency_b1_ms"] > 0 for row in json.loads((run / "results.json").read_text()))
