@@ -42,7 +42,9 @@ from kegnet_pl.errors import ConfigError, KegnetError, parser_message
 RESULT = "result.json"
 METRICS = "metrics.json"
 PAYOFF = "payoff.json"
-PAYOFF_MIN_RUN_TIME = 0.1  # seconds per latency measurement: 5 networks x 2 batches x 3 rounds take about 3 s
+#: seconds per latency measurement (3 rounds, 2 batch sizes): the teacher and 3 LeNet5 students took 10 to 12 s on
+#: 2 busy CPU cores, mostly Timer's calibration (a shorter time saved nothing)
+PAYOFF_MIN_RUN_TIME = 0.1
 BASELINES = ("uniform", "normal")
 #: the table's names of the rows; a method without one is shown as ``+<name>``
 NAMES = {
