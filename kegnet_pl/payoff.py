@@ -118,8 +118,8 @@ def latencies(
 
 
 def with_ratios(figures: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, Any]:
-    """``figures`` and, for each of :data:`RATIOS` that both have, the reference's figure over this one's (3
-    decimals; None where either figure is missing)."""
+    """``figures`` and, for each figure of :data:`RATIOS` that either of them has, the reference's figure over this
+    one's (3 decimals; None where either figure is missing)."""
     ratios = {}
     for key, ratio in RATIOS.items():
         if key in figures or key in reference:
@@ -152,7 +152,7 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def table(figures: Mapping[str, Mapping[str, Any]], first: str = "network") -> list[str]:
+def table(figures: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """A Markdown table, one row per network (labelled by its key): parameters, MFLOPs per sample and the latency
     at each batch size, each followed by its ratio to the reference (``x``); the FLOPs and latency columns only where
     some network has them."""
@@ -165,7 +165,7 @@ def table(figures: Mapping[str, Mapping[str, Any]], first: str = "network") -> l
             columns.append(
                 (f"latency_b{batch}_ms", f"batch {batch} (ms)", lambda v: f"{v:.3f}" if v < 10 else f"{v:.2f}")
             )
-    header = [first]
+    header = ["network"]
     for _, title, _ in columns:
         header += [title, "x"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
@@ -179,13 +179,14 @@ def table(figures: Mapping[str, Mapping[str, Any]], first: str = "network") -> l
 
 
 def slower(figures: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """One sentence per network that is slower than the reference at some batch size, saying by how much."""
+    """One sentence per network that is slower than the reference at some batch size (below 1.00x as the table
+    shows it), saying by how much."""
     sentences = []
     for label, row in figures.items():
         worse = [
             (batch, row[f"speedup_b{batch}"])
             for batch in BATCHES
-            if row.get(f"speedup_b{batch}") is not None and row[f"speedup_b{batch}"] < 1
+            if row.get(f"speedup_b{batch}") is not None and round(row[f"speedup_b{batch}"], 2) < 1
         ]
         if worse:
             parts = [

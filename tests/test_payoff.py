@@ -65,6 +65,7 @@ def test_table_and_slower_sentences():
     assert payoff.slower(figures) == [
         "student is not faster than its teacher on this CPU: 0.80x at batch 1 (25% more time)."
     ]
+    assert payoff.slower({"a": {"speedup_b1": 0.996, "speedup_b256": 1.2}}) == []  # 1.00x as the table shows it
     sizes_only = payoff.table({"teacher": {"params": 1000, "compression_ratio": 1.0}})
     assert sizes_only[0] == "| network | parameters | x |"  # no FLOPs or latency columns without figures
 
