@@ -9,8 +9,11 @@ DFAD), given the pipeline's teacher, seed and student preset; the generator stag
     <out>/seed<S>/<stage>/config.yaml      the stage's full config: `kegnet fit --config` reruns it exactly
     <out>/seed<S>/<stage>/stage.log        what the stage printed
     <out>/seed<S>/<stage>/result.json      written when the stage finished (a finished stage is skipped)
-    <out>/results.json, results.md         accuracy, parameters, compression ratio and wall time per stage
-    <out>/samples.png                      the generators' image grid
+    <out>/results.json, results.md         accuracy, parameters, compression ratio and wall time per stage, and
+                                           the payoff of compression: FLOPs and CPU latency against the teacher
+    <out>/payoff.json                      those figures of the teacher and each student preset, measured once
+    <out>/accuracy_vs_size.png             test accuracy against parameters, a series per method
+    <out>/samples.png                      the generators' image grid, a row per class
 
 Each stage is an ordinary ``kegnet fit`` / ``kegnet test`` process, so every trainer option (devices, DDP,
 nodes) applies. Run the same command again after an interruption: finished stages are skipped and an
@@ -38,6 +41,10 @@ from kegnet_pl.errors import ConfigError, KegnetError, parser_message
 
 RESULT = "result.json"
 METRICS = "metrics.json"
+PAYOFF = "payoff.json"
+#: seconds per latency measurement (3 rounds, 2 batch sizes): the teacher and 3 LeNet5 students took 10 to 12 s on
+#: 2 busy CPU cores, mostly Timer's calibration (a shorter time saved nothing)
+PAYOFF_MIN_RUN_TIME = 0.1
 BASELINES = ("uniform", "normal")
 #: the table's names of the rows; a method without one is shown as ``+<name>``
 NAMES = {
@@ -179,7 +186,11 @@ class Pipeline:
         methods: Sequence[str] = ("kegnet",),
         method_configs: dict[str, str] | None = None,
         method_args: dict[str, Sequence[str]] | None = None,
+        latency_threads: int = 1,
     ) -> None:
+        if latency_threads < 0:
+            raise ConfigError(f"latency_threads must be 0 (no latency) or more, got {latency_threads}")
+        self.latency_threads = latency_threads
         self.methods = list(methods)
         method_configs, method_args = dict(method_configs or {}), dict(method_args or {})
         check_methods(self.methods, method_configs, method_args)
@@ -343,19 +354,95 @@ class Pipeline:
         }
 
     def _write(self, rows: list[dict[str, Any]], stages: list[dict[str, Any]]) -> Path:
-        self.out.mkdir(parents=True, exist_ok=True)
-        results = self.out / "results.json"
-        atomic_write_text(results, json.dumps(rows, indent=2) + "\n")
-        atomic_write_text(self.out / "stages.json", json.dumps(stages, indent=2) + "\n")
-        table = results_table(rows, self.students, stages)
-        atomic_write_text(self.out / "results.md", table + "\n")
+        rows = with_payoff(rows, self.students, self._payoff())
         grids = sorted((self.out / f"seed{self.seeds[0]}" / "generator" / "checkpoints").glob("samples_gen*.png"))
-        if grids:
-            with atomic_write(self.out / "samples.png", "wb") as handle:
-                handle.write(grids[0].read_bytes())
+        table = write_results(self.out, rows, stages, self.students, grids[0] if grids else None, self.latency_threads)
         self.echo("")
         self.echo(table)
-        return results
+        return self.out / "results.json"
+
+    # --- the payoff of compression -----------------------------------------------------------------
+    def _teacher_option(self, key: str) -> Any:
+        """``teacher_arch`` / ``input_shape`` / ``num_classes`` of the teacher, where they are given as the teacher's
+        file is (the pipeline's option, the generator stage's args, then its config); None when none gives it."""
+        if key in self.teacher:
+            return self.teacher[key]
+        given = arg_value(self.generator_args, f"model.{key}")
+        return given if given is not None else self.generator_base["model"].get("init_args", {}).get(key)
+
+    def _payoff(self) -> dict[str, dict[str, Any]] | None:
+        """Parameters, FLOPs and CPU latency of the teacher and of each student preset (:mod:`kegnet_pl.payoff`),
+        measured once per run folder and kept in payoff.json; None, with a line saying why, when the teacher cannot
+        be loaded in this process."""
+        wanted = ["teacher", *dict.fromkeys(self.students)]
+        path = self.out / PAYOFF
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("latency_threads") == self.latency_threads and sorted(saved["networks"]) == sorted(wanted):
+                return saved["networks"]
+        teacher = self.teacher_args["teacher"]
+        if teacher is None:
+            self.echo("payoff not measured: no teacher file is known to the pipeline (give teacher: PATH)")
+            return None
+        import torch
+
+        from kegnet_pl import payoff
+
+        started = time.perf_counter()
+        try:
+            options = {key: self._teacher_option(key) for key in ("input_shape", "num_classes")}
+            nets, spec = payoff.networks(teacher, self.students, self._teacher_option("teacher_arch"), **options)
+        except KegnetError as err:
+            self.echo(f"payoff not measured: {err}")
+            return None
+        figures = payoff.measure(
+            nets, spec["input_shape"], threads=self.latency_threads, rounds=3, min_run_time=PAYOFF_MIN_RUN_TIME
+        )
+        record = {"latency_threads": self.latency_threads, "torch": torch.__version__, "networks": figures}
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+        self.echo(f"payoff of {len(wanted)} networks measured in {time.perf_counter() - started:.1f} s ({path})")
+        return figures
+
+
+def with_payoff(
+    rows: list[dict[str, Any]], students: Sequence[str], payoff: dict[str, dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """The rows with the payoff figures of their network (the teacher's, or their student preset's; see
+    :data:`kegnet_pl.payoff.ROW_KEYS`); unchanged without payoff figures."""
+    if not payoff:
+        return rows
+    from kegnet_pl.payoff import ROW_KEYS
+
+    done = []
+    for row in rows:
+        network = "teacher" if row["student"] is None else students[row["student"] - 1]
+        done.append({**row, **{key: payoff[network].get(key) for key in ROW_KEYS}})
+    return done
+
+
+def write_results(
+    out: Path,
+    rows: list[dict[str, Any]],
+    stages: list[dict[str, Any]],
+    students: Sequence[str],
+    samples: Path | None = None,
+    latency_threads: int | None = None,
+) -> str:
+    """Write the run folder's results.json, stages.json, results.md, accuracy_vs_size.png and (a copy of the
+    generators' image grid ``samples``) samples.png; return the table of results.md."""
+    from kegnet_pl.plots import accuracy_vs_size
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out / "stages.json", json.dumps(stages, indent=2) + "\n")
+    table = results_table(rows, students, stages, latency_threads)
+    atomic_write_text(out / "results.md", table + "\n")
+    with atomic_write(out / "accuracy_vs_size.png", "wb") as handle:
+        handle.write(accuracy_vs_size(rows, {method: _name(method) for method in _row_order(rows)}))
+    if samples is not None:
+        with atomic_write(out / "samples.png", "wb") as handle:
+            handle.write(samples.read_bytes())
+    return table
 
 
 def training_done(checkpoint: Path, config: dict[str, Any], extra: Sequence[str]) -> dict[str, int]:
@@ -409,9 +496,15 @@ def _budget(stages: list[dict[str, Any]]) -> str:
     return f"{batches} x {first.get('batch_size', '?')} ({first.get('optimizer_steps', '?')} steps), {seconds}"
 
 
-def results_table(rows: list[dict[str, Any]], students: Sequence[str], stages: list[dict[str, Any]]) -> str:
-    """The paper's table: test accuracy (%) per method and student (mean ± std over seeds), then fidelity, sizes,
-    and the training budget and wall time of every stage."""
+def results_table(
+    rows: list[dict[str, Any]],
+    students: Sequence[str],
+    stages: list[dict[str, Any]],
+    latency_threads: int | None = None,
+) -> str:
+    """The paper's table: test accuracy (%) per method and student (mean ± std over seeds), then fidelity, the
+    payoff of compression (sizes, FLOPs and CPU latency against the teacher, measured with ``latency_threads``
+    threads), and the training budget and wall time of every stage."""
     seeds = sorted({row["seed"] for row in rows})
     order = _row_order(rows)
     numbers = range(1, len(students) + 1)
@@ -443,11 +536,7 @@ def results_table(rows: list[dict[str, Any]], students: Sequence[str], stages: l
             "from scratch: the student is a registered classifier trained from random weights (no Tucker start).",
         ]
     lines += _fidelity_table(stages, students, order)
-    lines += ["", "| student | parameters | compression |", "|---|---|---|"]
-    for number, preset in enumerate(students, 1):
-        mine = [r for r in rows if r["student"] == number]
-        if mine:
-            lines.append(f"| {number} ({preset}) | {mine[0]['params']:,} | {mine[0]['compression_ratio']:.2f}x |")
+    lines += _payoff_table(rows, students, latency_threads)
     lines += [
         "",
         "Training per stage: batches x batch size (optimizer steps), then wall time (mean over seeds)",
@@ -466,6 +555,36 @@ def results_table(rows: list[dict[str, Any]], students: Sequence[str], stages: l
     if generator:
         lines += ["", f"Generator training: {_budget(generator)} per seed, shared by the KegNet students."]
     return "\n".join(lines)
+
+
+def _payoff_table(rows: list[dict[str, Any]], students: Sequence[str], latency_threads: int | None) -> list[str]:
+    """The teacher and each student: parameters, and where the rows have them FLOPs and CPU latency, each with its
+    ratio to the teacher; then a sentence for each student slower than its teacher."""
+    from kegnet_pl.payoff import ROW_KEYS, slower, table
+
+    figures = {}
+    for number, preset in enumerate([None, *students]):
+        mine = [r for r in rows if r["student"] == (number or None)]
+        if mine:
+            label = "teacher" if preset is None else f"{number} ({preset})"
+            figures[label] = {key: mine[0].get(key) for key in ("params", "compression_ratio", *ROW_KEYS)}
+    if not figures:
+        return []
+    lines = [""]
+    if any(row.get("flops") is not None for row in figures.values()):
+        timed = any(row.get("latency_b1_ms") is not None for row in figures.values())
+        threads = f", {latency_threads} thread(s)" if latency_threads else ""
+        latency = (
+            f", and the median CPU latency of that pass at batch 1 and 256 (this machine{threads})" if timed else ""
+        )
+        lines += [
+            f"What compression buys: parameters, FLOPs of a forward pass of one input{latency}; x: the teacher's "
+            "figure over the network's (below 1.00x: larger or slower than the teacher).",
+            "",
+        ]
+    lines += table(figures)
+    sentences = slower(figures)
+    return lines + (["", *sentences] if sentences else [])
 
 
 def _fidelity_table(stages: list[dict[str, Any]], students: Sequence[str], order: Sequence[str]) -> list[str]:
@@ -522,6 +641,7 @@ def run_pipeline(
     teacher_arch: str | None = None,
     input_shape: list[int] | None = None,
     num_classes: int | None = None,
+    latency_threads: int = 1,
 ) -> Path:
     """Run the KegNet pipeline: generators, then students, noise baselines and other methods, evaluated on real
     test data.
@@ -549,6 +669,8 @@ def run_pipeline(
             that this option then trusts).
         input_shape: its input shape, for a file that does not record it (e.g. [1,32,32]).
         num_classes: its class count, for a file that does not record it.
+        latency_threads: torch threads for the CPU latency of the teacher and each student in the results (0: do
+            not measure latency; parameters and FLOPs are still given).
     """
     own_teacher = {"teacher": teacher, "teacher_arch": teacher_arch, "input_shape": input_shape}
     own_teacher["num_classes"] = num_classes
@@ -566,6 +688,7 @@ def run_pipeline(
         methods=methods,
         method_configs=method_configs,
         method_args=method_args,
+        latency_threads=latency_threads,
     )
     return pipeline.run()
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from kegnet_pl import payoff
 from kegnet_pl.pipeline import main, results_table
 
 TINY = {
@@ -63,10 +64,15 @@ def test_pipeline_writes_results_and_skips_finished_stages(tmp_path, capsys):
         ("uniform", 1),
     ]
     for row in rows:
-        assert set(row) == {"method", "student", "seed", "accuracy", "params", "compression_ratio", "seconds"}
+        keys = {"method", "student", "seed", "accuracy", "params", "compression_ratio", "seconds", *payoff.ROW_KEYS}
+        assert set(row) == keys
         assert 0 <= row["accuracy"] <= 1 and row["seed"] == 0
     assert rows[0]["params"] == 61_706 and rows[0]["compression_ratio"] == 1.0
     assert rows[1]["params"] < 61_706 and rows[1]["compression_ratio"] > 1
+    measured = json.loads((run / "payoff.json").read_text())  # the student built here is the one the stages trained
+    assert measured["networks"]["lenet5-s1"]["params"] == rows[1]["params"] == rows[2]["params"]
+    assert rows[0]["flops_ratio"] == 1.0 and rows[1]["flops_ratio"] > 1 and rows[1]["speedup_b1"] > 0
+    assert (run / "accuracy_vs_size.png").read_bytes().startswith(b"\x89PNG")
     table = (run / "results.md").read_text()
     assert "| +KegNet |" in table
     kl = json.loads((run / "seed0" / "student1-kegnet" / "result.json").read_text())["test/real_kl"]
