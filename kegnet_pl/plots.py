@@ -1,6 +1,6 @@
 """Figures of a pipeline's results, drawn off-screen as PNG bytes.
 
-They are drawn with matplotlib (installed with mlxtend, one of kegnet_pl's dependencies) on its Agg canvas without
+They are drawn with matplotlib (a dependency of kegnet_pl) on its Agg canvas without
 ``pyplot``: no window, no global figure or backend state, so a figure can be drawn anywhere, a test included.
 """
 
