@@ -5,7 +5,8 @@ KegNet losses, ``compress_with_report``, ``distillation_loss``), without Lightni
 seconds on a GPU. Two commands:
 
 ``gen``: train KegNet generator-decoder pairs against the frozen teacher (one-hot labels, batch 256, Adam 1e-3,
-loss ``l_cls + l_dec + beta * l_div``) and save the generators' weights::
+loss ``l_cls + l_dec + beta * l_div``, optionally ``- act * mean|f|`` (DAFL's activation loss on the teacher's
+features) and ``+ tv * TV(x)`` (a total-variation prior)) and save the generators' weights::
 
     python benchmarks/recipe_mnist.py gen --gen-steps 1200 --gens runs/recipe/g1200.pt
 
@@ -61,6 +62,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--gen-ids", default="0,1,2,3,4", help="which generators gen trains (seeds 1000 + id)")
     p.add_argument("--gen-steps", type=int, default=600)
     p.add_argument("--beta", type=float, default=0.0, help="weight of the diversity loss")
+    p.add_argument("--act", type=float, default=0.0, help="weight of DAFL's activation loss -mean|features|")
+    p.add_argument("--tv", type=float, default=0.0, help="weight of a total-variation prior on the images")
     p.add_argument("--student", default="lenet5-s3", help='a preset or a JSON rank spec, e.g. {"conv3": [11, 7]}')
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=256)
@@ -104,7 +107,13 @@ def train_generators(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
             y = F.one_hot(torch.randint(10, (256,), device=a.device), 10).float()
             z = torch.randn(256, 10, device=a.device)
             x = gen(y, z)
-            loss = classification_loss(teacher(x), y) + decoder_loss(dec(x), z)
+            features = teacher.forward_features(x)
+            loss = classification_loss(teacher.forward_head(features), y) + decoder_loss(dec(x), z)
+            if a.act:
+                loss = loss - a.act * features.abs().mean()
+            if a.tv:
+                tv = (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+                loss = loss + a.tv * tv
             if a.beta:
                 loss = loss + a.beta * diversity_loss(x, z)
             opt.zero_grad()
