@@ -17,3 +17,15 @@ class PauseAtStep(Callback):
         if trainer.global_step == self.step:
             Path(self.signal_file).touch()
             time.sleep(self.seconds)
+
+
+class StopAtStep(Callback):
+    """Raises at the start of global step ``step``: the run ends mid-epoch with the checkpoints written before it,
+    as a crash or a killed process would leave them."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"stopped at step {self.step}")
