@@ -119,3 +119,17 @@ def test_the_noise_training_loader_is_resumable_and_the_others_need_not_be():
     assert isinstance(data.train_dataloader(), ResumableLoader)
     (val,) = data.val_dataloader()
     assert type(val) is DataLoader  # evaluation always runs whole: nothing to resume
+
+
+def test_over_several_processes_each_rank_takes_its_share_in_a_fixed_order():
+    """Not Lightning's sampler, which reshuffles every epoch: a resumed epoch would get the first epoch's order."""
+    from types import SimpleNamespace
+
+    data = NoiseDataModule(batch_size=4, batches_per_epoch=6)
+    shares = []
+    for rank in (0, 1):
+        data.trainer = SimpleNamespace(world_size=2, global_rank=rank, num_training_batches=3)
+        loader = data.train_dataloader()
+        shares.append(list(loader))
+        assert list(loader) == shares[-1]  # every epoch
+    assert shares == [[0, 2, 4], [1, 3, 5]]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 from pytorch_lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from kegnet_pl.data.base import check_positive
 from kegnet_pl.errors import ConfigError, DataNotFoundError
@@ -93,8 +93,8 @@ class ResumableLoader(DataLoader):
     pass skips that many, so a run resumed from a checkpoint taken mid-epoch goes on with the batch an uninterrupted
     run would see next (and Lightning does not warn that the loader is not resumable). Skipping reads the skipped
     items: this loader is for datasets that cost nothing to read, such as the batch indices of
-    :class:`NoiseDataModule`. Under DDP each rank counts its share of the indices (Lightning's
-    ``DistributedSampler``); every rank serves as many batches as rank 0, whose count the checkpoint holds.
+    :class:`NoiseDataModule`. Under DDP each rank counts its share of the indices; every rank serves as many
+    batches as rank 0, whose count the checkpoint holds.
     """
 
     def __init__(self, *args: Any, pass_length: Callable[[], float] | None = None, **kwargs: Any) -> None:
@@ -227,9 +227,13 @@ class NoiseDataModule(LightningDataModule):
                 self.eval_data.prepare_data()
 
     def train_dataloader(self) -> DataLoader:
-        return ResumableLoader(
-            _Indices(self.batches_per_epoch), batch_size=None, shuffle=False, pass_length=self._training_batches
-        )
+        """An epoch's batch indices, resumable mid-epoch. Over several processes each rank takes its share in an
+        order fixed once for all (rank ``r`` of ``W``: ``r, r + W, ...``) instead of Lightning's sampler, which
+        reshuffles every epoch and, on a resumed run, would give the resumed epoch the first epoch's order."""
+        indices, trainer, sampler = _Indices(self.batches_per_epoch), self.trainer, None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = DistributedSampler(indices, trainer.world_size, trainer.global_rank, shuffle=False)
+        return ResumableLoader(indices, batch_size=None, sampler=sampler, pass_length=self._training_batches)
 
     def _training_batches(self) -> float:
         """How many batches of an epoch the trainer takes (``limit_train_batches`` may make them fewer)."""
