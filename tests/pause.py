@@ -1,5 +1,5 @@
-"""A callback for tests that stop a training process at a known point: at ``step`` it creates ``signal_file`` and
-then waits, so that the test can kill it there whatever the machine's speed."""
+"""Callbacks for tests that stop a training process at a known step: ``PauseAtStep`` creates ``signal_file`` and
+waits, so that the test can kill it there whatever the machine's speed; ``StopAtStep`` raises there."""
 
 import time
 from pathlib import Path
