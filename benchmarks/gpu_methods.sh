@@ -3,11 +3,11 @@
 # side by side on one GPU: each run is `kegnet fit` of configs/mnist/{dfad,dafl}.yaml, stopped by its own protocol
 # or by a wall-clock limit, then `kegnet test` of its last.ckpt on the 10,000 real MNIST test images.
 #   bash benchmarks/gpu_methods.sh [EXTRA FIT OPTIONS...]
-#   MAX_TIME=00:01:00:00 SEEDS="0 1 2" METHODS="dfad dafl" OUT=runs/gpu bash benchmarks/gpu_methods.sh
+#   MAX_TIME=00:01:00:00 SEEDS="0 1 2" METHODS="dfad dafl" RUNS=runs/gpu bash benchmarks/gpu_methods.sh
 #   KEGNET="python -m kegnet_pl.cli" bash benchmarks/gpu_methods.sh        # without the installed console script
 # Run from anywhere with kegnet_pl installed and data/MNIST/raw present. Each run writes everything under
-# $OUT/<method>_s<seed>/ (fit.log, tensorboard/, checkpoints/last.ckpt, test.log, test.json, test/); its folders are given
-# explicitly (default_root_dir, the logger's save_dir, ModelCheckpoint's dirpath) so parallel runs never share one.
+# $RUNS/<method>_s<seed>/ (fit.log, tensorboard/, checkpoints/last.ckpt, test.log, test.json, test/): each run's
+# --trainer.default_root_dir, which every output of a run follows, so parallel runs never share a folder.
 # Extra options go to every `kegnet fit` (a CPU check: --trainer.accelerator cpu --trainer.max_epochs 1
 # --data.init_args.batches_per_epoch 2 --data.init_args.batch_size 16). Prints one line per run:
 #   method seed test_acc wall_s epochs_done
@@ -19,29 +19,19 @@ cd "$(dirname "$0")/.."
 MAX_TIME=${MAX_TIME:-00:00:07:30}
 SEEDS=${SEEDS:-"0 1 2"}
 METHODS=${METHODS:-"dfad dafl"}
-OUT=${OUT:-runs/gpu}
+RUNS=${RUNS:-runs/gpu}
 TEACHER=${TEACHER:-checkpoints/mnist_lenet5.ckpt}
 read -r -a KEGNET <<< "${KEGNET:-kegnet}"
 PYTHON=${PYTHON:-python3}
 [ -f "$TEACHER" ] || { echo "gpu_methods.sh: no teacher at $TEACHER; set TEACHER=path/to/teacher.ckpt" >&2; exit 2; }
 
-callbacks() {  # the config's callbacks, with this run's checkpoint folder
-  local ckpt='{"class_path": "ModelCheckpoint", "init_args": {"dirpath": "'"$2"'", "save_last": true}}'
-  if [ "$1" = dafl ]; then
-    echo "[$ckpt, {\"class_path\": \"kegnet_pl.images.SampleImages\", \"init_args\": {\"every_n_epochs\": 10}}]"
-  else
-    echo "[$ckpt]"
-  fi
-}
-
 run() {  # method seed: fit, then test; writes $dir/fit.log, $dir/wall_s, $dir/test.json
-  local method=$1 seed=$2 dir=$OUT/${1}_s$2
+  local method=$1 seed=$2 dir=$RUNS/${1}_s$2
   rm -rf "$dir" && mkdir -p "$dir"
   local start=$SECONDS
   "${KEGNET[@]}" fit --config "configs/mnist/$method.yaml" --seed_everything "$seed" --data.init_args.seed "$seed" \
     --model.init_args.seed "$seed" --model.init_args.teacher "$TEACHER" --trainer.max_time "$MAX_TIME" \
-    --trainer.default_root_dir "$dir" --trainer.logger.init_args.save_dir "$dir" \
-    --trainer.callbacks "$(callbacks "$method" "$dir/checkpoints")" --trainer.enable_progress_bar false \
+    --trainer.default_root_dir "$dir" --trainer.enable_progress_bar false \
     "${@:3}" > "$dir/fit.log" 2>&1 || echo "fit failed: see $dir/fit.log" >&2
   echo $((SECONDS - start)) > "$dir/wall_s"
   [ -f "$dir/checkpoints/last.ckpt" ] || return 0
@@ -51,7 +41,7 @@ run() {  # method seed: fit, then test; writes $dir/fit.log, $dir/wall_s, $dir/t
     --trainer.enable_progress_bar false > "$dir/test.log" 2>&1 || echo "test failed: see $dir/test.log" >&2
 }
 
-if [ -z "${SUMMARY_ONLY:-}" ]; then  # SUMMARY_ONLY=1: print the lines of the runs already in $OUT, train nothing
+if [ -z "${SUMMARY_ONLY:-}" ]; then  # SUMMARY_ONLY=1: print the lines of the runs already in $RUNS, train nothing
   for method in $METHODS; do for seed in $SEEDS; do
     run "$method" "$seed" "$@" &
   done; done
@@ -60,7 +50,7 @@ fi
 
 echo "method seed test_acc wall_s epochs_done"
 for method in $METHODS; do for seed in $SEEDS; do
-  "$PYTHON" - "$method" "$seed" "$OUT/${method}_s$seed" <<'PY' || echo "$method $seed - - -"
+  "$PYTHON" - "$method" "$seed" "$RUNS/${method}_s$seed" <<'PY' || echo "$method $seed - - -"
 import json, pathlib, sys
 
 import torch

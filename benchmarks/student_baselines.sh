@@ -20,12 +20,11 @@ for seed in $SEEDS; do for st in $STUDENTS; do for src in kegnet normal uniform;
   d=$OUT/$seed-$st-$src
   common=(--config configs/mnist_subset/student.yaml --model.seed "$seed" --data.seed "$seed" --model.generators "$G"
           --model.student "$st" --model.source "$src")
-  if [ ! -f "$d/ckpt/last.ckpt" ]; then
+  if [ ! -f "$d/checkpoints/last.ckpt" ]; then
     "$BIN/kegnet" fit "${common[@]}" --seed_everything "$seed" --trainer.max_epochs 8 \
-      --trainer.logger.init_args.save_dir "$d" --trainer.callbacks.init_args.dirpath "$d/ckpt" \
-      --trainer.enable_progress_bar false > "$d.log" 2>&1
+      --trainer.default_root_dir "$d" --trainer.enable_progress_bar false > "$d.log" 2>&1
   fi
-  acc=$("$BIN/kegnet" test "${common[@]}" --ckpt_path "$d/ckpt/last.ckpt" --trainer.logger false \
+  acc=$("$BIN/kegnet" test "${common[@]}" --ckpt_path "$d/checkpoints/last.ckpt" --trainer.logger false \
         --trainer.default_root_dir "$d" 2>/dev/null | awk '/test\/acc/ {print $NF; exit}')
   echo "$seed $st $src $acc" | tee -a "$OUT/summary.txt"
 done; done; done

@@ -57,9 +57,10 @@ def refuse_to_mix_runs(folder: str | os.PathLike | None, resuming: bool, overwri
         names = ", ".join(path.name for path in existing[:4]) + (" ..." if len(existing) > 4 else "")
         raise ConfigError(
             f"the checkpoint folder {str(folder)!r} already holds checkpoints of another run ({names}). "
-            "Resume that run with --ckpt_path last, write this one elsewhere (the ModelCheckpoint dirpath in the "
-            "config), or pass --overwrite true to start a new run there anyway (nothing is deleted: Lightning "
-            "gives the new files a -v1 suffix, and --ckpt_path last then takes the newest)."
+            "Resume that run with --ckpt_path last, write this one elsewhere with --trainer.default_root_dir DIR "
+            "(its checkpoints, logs and images go under DIR unless the config gives their folders), or pass "
+            "--overwrite true to start a new run there anyway (nothing is deleted: Lightning gives the new files a "
+            "-v1 suffix, and --ckpt_path last then takes the newest)."
         )
 
 

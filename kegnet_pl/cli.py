@@ -109,6 +109,7 @@ class KegnetCLI(LightningCLI):
                 raise
             raise argparse.ArgumentError(None, hint) from err
         config = self.config.get(self.config.get("subcommand") or "", self.config)
+        place_outputs(config)
         init_args = config.get("model.init_args") or {}
         typed = [init_args.get(key) for key in ARCH_OPTIONS if isinstance(init_args.get(key), str)]
         typed += [path for path in (config.get("trust_arch") or "").split(",") if path.strip()]
@@ -249,6 +250,25 @@ def did_you_mean(parser: Any, args: Any, message: str) -> str | None:
     known += [f"{option}.{rest}" for option in known if rest and "." not in option]  # --modle.init_args.lr
     close = difflib.get_close_matches(unknown[1], known, n=1)
     return f"kegnet {subcommand} has no option {unknown[1]}; did you mean {close[0]}?" if close else None
+
+
+def place_outputs(config: Any) -> None:
+    """Put the outputs the config gives no folder under ``trainer.default_root_dir`` (Lightning's default: the
+    working directory): TensorBoard logs in ``<root>/tensorboard/version_N`` when the config names no logger, and
+    checkpoints in ``<root>/checkpoints`` for a ``ModelCheckpoint`` without ``dirpath`` (the PNGs of ``SampleImages``
+    go beside them). A folder the config gives wins. So a config states its root once, and
+    ``--trainer.default_root_dir DIR`` moves the whole run."""
+    root = Path(config.get("trainer.default_root_dir") or ".")
+    if "trainer" in config and config.get("trainer.logger") is None:  # Lightning's default logger, named as ours
+        tensorboard = Namespace(save_dir=str(root), name="tensorboard")
+        config["trainer.logger"] = Namespace(
+            class_path="pytorch_lightning.loggers.TensorBoardLogger", init_args=tensorboard
+        )
+    for callback in config.get("trainer.callbacks") or []:
+        if not isinstance(callback, Namespace) or not _loaded_subclass(callback.get("class_path"), ModelCheckpoint):
+            continue
+        if callback.get("init_args.dirpath") is None:
+            callback["init_args.dirpath"] = str(root / "checkpoints")
 
 
 def find_last_checkpoint(config: Any, subcommand: str) -> Path:

@@ -1,5 +1,5 @@
-"""A callback for tests that stop a training process at a known point: at ``step`` it creates ``signal_file`` and
-then waits, so that the test can kill it there whatever the machine's speed."""
+"""Callbacks for tests that stop a training process at a known step: ``PauseAtStep`` creates ``signal_file`` and
+waits, so that the test can kill it there whatever the machine's speed; ``StopAtStep`` raises there."""
 
 import time
 from pathlib import Path
@@ -17,3 +17,15 @@ class PauseAtStep(Callback):
         if trainer.global_step == self.step:
             Path(self.signal_file).touch()
             time.sleep(self.seconds)
+
+
+class StopAtStep(Callback):
+    """Raises at the start of global step ``step``: the run ends mid-epoch with the checkpoints written before it,
+    as a crash or a killed process would leave them."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"stopped at step {self.step}")

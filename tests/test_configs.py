@@ -40,6 +40,16 @@ def test_stage_config_parses(path, capsys):
         assert eval_data["class_path"].startswith("kegnet_pl.data.")
 
 
+@pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda path: str(path.relative_to(ROOT / "configs")))
+def test_stage_config_states_its_output_folder_once(path):
+    """Only ``trainer.default_root_dir``: no logger save_dir or checkpoint dirpath that would stay behind when
+    ``--trainer.default_root_dir`` moves the run."""
+    trainer = yaml.safe_load(path.read_text())["trainer"]
+    assert trainer["default_root_dir"] == f"runs/{path.parent.name}/{path.stem}"
+    assert "logger" not in trainer
+    assert not [callback for callback in trainer.get("callbacks") or [] if "dirpath" in callback.get("init_args", {})]
+
+
 @pytest.mark.parametrize("path", TRAINER_PRESETS, ids=lambda path: path.stem)
 def test_trainer_preset_combines_with_a_stage_config(path, capsys):
     preset = yaml.safe_load(path.read_text())

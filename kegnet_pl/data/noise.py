@@ -1,7 +1,8 @@
 """The data of the data-free stages: per-batch seeds, sampled labels and noise vectors, never real data.
 
 Each batch is a pure function of ``(seed, epoch, rank, index)``: every epoch draws fresh noise, every DDP rank
-draws its own, and a run resumed from a checkpoint sees exactly the batches an uninterrupted run would.
+draws its own, and a run resumed from a checkpoint sees exactly the batches an uninterrupted run would, also in
+the middle of an epoch (the training loader, a :class:`ResumableLoader`, saves its position in the checkpoint).
 The loader only carries batch indices; the seeds, labels and noise are drawn (on the CPU, so the same numbers come
 out on any device) in :meth:`NoiseDataModule.on_before_batch_transfer`, when the trainer's epoch and rank
 are known.
@@ -10,13 +11,13 @@ are known.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
 from pytorch_lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from kegnet_pl.data.base import check_positive
 from kegnet_pl.errors import ConfigError, DataNotFoundError
@@ -79,6 +80,56 @@ class _Indices(Dataset):
 
     def __getitem__(self, index: int) -> int:
         return index
+
+
+_END = object()
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` that resumes mid-epoch, through Lightning's stateful-dataloader protocol: Lightning saves
+    :meth:`state_dict` in every checkpoint and hands it to :meth:`load_state_dict` when a run resumes.
+
+    The state is how many batches of the current pass have been handed out; after :meth:`load_state_dict` the next
+    pass skips that many, so a run resumed from a checkpoint taken mid-epoch goes on with the batch an uninterrupted
+    run would see next (and Lightning does not warn that the loader is not resumable). Skipping reads the skipped
+    items: this loader is for datasets that cost nothing to read, such as the batch indices of
+    :class:`NoiseDataModule`. Under DDP each rank counts its share of the indices; every rank serves as many
+    batches as rank 0, whose count the checkpoint holds.
+    """
+
+    def __init__(self, *args: Any, pass_length: Callable[[], float] | None = None, **kwargs: Any) -> None:
+        """
+        Args:
+            args, kwargs: those of ``DataLoader``.
+            pass_length: how many batches of a pass are used (the trainer's ``num_training_batches``, fewer than
+                the loader holds under ``limit_train_batches``): a checkpoint taken after the last of them resumes
+                at the start of the next pass. Default: every batch.
+        """
+        super().__init__(*args, **kwargs)
+        self.pass_length = pass_length
+        self._served = 0  # batches handed out by the current pass
+        self._skip = 0  # batches the next pass skips (set by load_state_dict)
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = super().__iter__()
+        skip, self._skip = self._skip, 0
+        self._served = 0
+        while self._served < skip and next(batches, _END) is not _END:
+            self._served += 1
+        return self._counted(batches)
+
+    def _counted(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"served": n}``: the batches of the current pass handed out so far (0 once the pass is used up)."""
+        used = min(len(self), self.pass_length()) if self.pass_length is not None else len(self)
+        return {"served": self._served if self._served < used else 0}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._skip = int(state_dict.get("served", 0))
 
 
 @contextmanager
@@ -176,7 +227,17 @@ class NoiseDataModule(LightningDataModule):
                 self.eval_data.prepare_data()
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Indices(self.batches_per_epoch), batch_size=None, shuffle=False)
+        """An epoch's batch indices, resumable mid-epoch. Over several processes each rank takes its share in an
+        order fixed once for all (rank ``r`` of ``W``: ``r, r + W, ...``) instead of Lightning's sampler, which
+        reshuffles every epoch and, on a resumed run, would give the resumed epoch the first epoch's order."""
+        indices, trainer, sampler = _Indices(self.batches_per_epoch), self.trainer, None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = DistributedSampler(indices, trainer.world_size, trainer.global_rank, shuffle=False)
+        return ResumableLoader(indices, batch_size=None, sampler=sampler, pass_length=self._training_batches)
+
+    def _training_batches(self) -> float:
+        """How many batches of an epoch the trainer takes (``limit_train_batches`` may make them fewer)."""
+        return self.trainer.num_training_batches if self.trainer is not None else float("inf")
 
     def _eval_loaders(self, real_loader: str) -> list[DataLoader]:
         loaders = [DataLoader(_Indices(self.val_batches), batch_size=None)] if self.val_batches else []
