@@ -15,11 +15,13 @@ DFAD), given the pipeline's teacher, seed and student preset; the generator stag
     <out>/accuracy_vs_size.png             test accuracy against parameters, a series per method
     <out>/samples.png                      the generators' image grid, a row per class
 
-Each stage is an ordinary ``kegnet fit`` then ``kegnet test`` (one process, ``kegnet_pl.stage``; two with
-``--separate_test true``), so every trainer option (devices, DDP, nodes) applies. ``--jobs N`` runs up to N stages
-side by side (a seed's students once its generators are trained), each with CPU cores // N torch threads. It prints
-stage k of n, the time elapsed and an estimate of the time left as stages start and finish. Run the same command
-again after an interruption: finished stages are skipped and an interrupted one resumes from its ``last.ckpt``.
+Each stage is an ordinary ``kegnet fit`` then ``kegnet test``, so every trainer option (devices, DDP, nodes)
+applies: ``python -m kegnet_pl.stage fit ARGS``, run by a worker process that starts up once and runs stage after
+stage (:mod:`kegnet_pl.stage`), or with ``--separate_test true`` a ``kegnet fit`` and a ``kegnet test`` process.
+``--jobs N`` runs up to N stages side by side (a seed's students once its generators are trained), each with CPU
+cores // N torch threads. It prints stage k of n, the time elapsed and an estimate of the time left as stages start
+and finish. Run the same command again after an interruption: finished stages are skipped and an interrupted one
+resumes from its ``last.ckpt``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import argparse
 import copy
 import json
 import os
+import queue
 import shlex
 import statistics
 import subprocess
@@ -273,6 +276,39 @@ class Progress:
         return f"done: {ran}, up to {self.jobs} at a time{threads}"
 
 
+class Worker:
+    """A ``python -m kegnet_pl.stage --worker`` process: it starts up once (Python, torch, Lightning: seconds of CPU)
+    and runs stage after stage, each as its own ``python -m kegnet_pl.stage`` command would."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        command = [sys.executable, "-m", "kegnet_pl.stage", "--worker"]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def run(self, args: list[str], log: Path) -> tuple[int, bool]:
+        """Run ``python -m kegnet_pl.stage <args>``, its output appended to ``log``: its exit status, and whether
+        this worker can run another stage."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            self.process.stdin.write(json.dumps({"args": args, "log": str(log)}) + "\n")
+            self.process.stdin.flush()
+            reply = self.process.stdout.readline()
+        except BrokenPipeError:
+            reply = ""
+        if not reply:  # it died: killed, or crashed (the stage's log holds what it printed)
+            return self.process.wait() or 1, False
+        answer = json.loads(reply)
+        return answer["exit"], not answer["retired"]
+
+    def close(self) -> None:
+        """End it (it is idle, or done)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+
+
 class Pipeline:
     """Runs the stages of one pipeline folder; see the module docstring."""
 
@@ -306,6 +342,8 @@ class Pipeline:
             raise ConfigError(f"--threads must be at least 1, got {threads} (leave it out for CPU cores // jobs)")
         self.jobs = jobs
         self.separate_test = separate_test
+        self._idle: queue.SimpleQueue[Worker] = queue.SimpleQueue()  # workers waiting for a stage
+        self._workers: list[Worker] = []
         self.threads = threads if threads is not None else (max(1, cpu_cores() // jobs) if jobs > 1 else None)
         self.methods = list(methods)
         method_configs, method_args = dict(method_configs or {}), dict(method_args or {})
@@ -351,25 +389,50 @@ class Pipeline:
         return teacher
 
     # --- running one stage -------------------------------------------------------------------------
-    def _kegnet(self, folder: Path, module: str, args: list[str]) -> None:
-        """``python -m <module> <args>`` (``kegnet_pl.cli``: the ``kegnet`` command; ``kegnet_pl.stage``: its fit,
-        then test), its output appended to the stage's log after a ``$`` line that reruns it exactly."""
-        command = [sys.executable, "-m", module, *args]
+    def _env(self) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        shown = " ".join(command)
         if self.threads is not None:  # torch's intra-op threads: N jobs side by side share the cores
             env["OMP_NUM_THREADS"] = str(self.threads)
-            shown = f"OMP_NUM_THREADS={self.threads} {shown}"
-        with (folder / "stage.log").open("a") as log:
-            log.write(f"$ {shown}\n")
-            log.flush()
-            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        if done.returncode != 0:
-            tail = [line for line in (folder / "stage.log").read_text().splitlines() if line.strip()][-5:]
-            raise KegnetError(
-                f"stage {folder} failed (exit {done.returncode}); its log {folder / 'stage.log'} ends with:\n  "
-                + "\n  ".join(tail)
-            )
+        return env
+
+    def _kegnet(self, folder: Path, module: str, args: list[str]) -> None:
+        """``python -m <module> <args>`` (``kegnet_pl.cli``: the ``kegnet`` command, a process of its own;
+        ``kegnet_pl.stage``: fit then test, or test, run by a :class:`Worker`), its output appended to the stage's log
+        after a ``$`` line that reruns it exactly."""
+        command = [sys.executable, "-m", module, *args]
+        shown = " ".join(command) if self.threads is None else f"OMP_NUM_THREADS={self.threads} {' '.join(command)}"
+        log = folder / "stage.log"
+        with log.open("a") as handle:
+            handle.write(f"$ {shown}\n")
+        if module == "kegnet_pl.stage":
+            status = self._in_worker(args, log)
+        else:
+            with log.open("a") as handle:
+                status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=self._env()).returncode
+        if status != 0:
+            tail = [line for line in log.read_text().splitlines() if line.strip()][-5:]
+            ends = "\n  ".join(tail)
+            raise KegnetError(f"stage {folder} failed (exit {status}); its log {log} ends with:\n  {ends}")
+
+    def _in_worker(self, args: list[str], log: Path) -> int:
+        """Run ``python -m kegnet_pl.stage <args>`` in an idle worker (a new one if none is idle); its exit status."""
+        try:
+            worker = self._idle.get_nowait()
+        except queue.Empty:
+            worker = self._start_worker()
+        if worker.process.poll() is not None:  # it died while idle
+            worker = self._start_worker()
+        status, reusable = worker.run(args, log)
+        if reusable and status == 0:
+            self._idle.put(worker)
+        else:
+            worker.close()
+        return status
+
+    def _start_worker(self) -> Worker:
+        worker = Worker(self._env())
+        self._workers.append(worker)
+        return worker
 
     @staticmethod
     def action(folder: Path, train: bool) -> str:
@@ -381,8 +444,9 @@ class Pipeline:
         return "resuming" if (folder / "checkpoints" / "last.ckpt").is_file() else "training"
 
     def run_stage(self, folder: Path, config: dict[str, Any], extra: list[str], train: bool) -> dict[str, Any]:
-        """Fit (resuming an interrupted run) and test one stage, or return its recorded result. Fit and test run in
-        one process (``kegnet_pl.stage``), or as two ``kegnet`` processes with ``separate_test``."""
+        """Fit (resuming an interrupted run) and test one stage, or return its recorded result. A :class:`Worker`
+        runs it (``kegnet_pl.stage``: fit and test in one process that ran other stages before); with
+        ``separate_test``, a ``kegnet fit`` and a ``kegnet test`` process of its own, as before."""
         result_path = folder / RESULT
         if result_path.is_file():
             return json.loads(result_path.read_text())
@@ -392,15 +456,14 @@ class Pipeline:
         start = time.perf_counter()
         last = folder / "checkpoints" / "last.ckpt"
         args = ["--config", str(config_path), *extra]
-        if not train:
-            self._kegnet(folder, "kegnet_pl.cli", ["test", *args])
+        fit = ["fit", *args, *(["--ckpt_path", str(last)] if last.is_file() else [])]
+        if not self.separate_test:
+            self._kegnet(folder, "kegnet_pl.stage", fit if train else ["test", *args])
+        elif train:
+            self._kegnet(folder, "kegnet_pl.cli", fit)
+            self._kegnet(folder, "kegnet_pl.cli", ["test", *args, "--ckpt_path", str(last)])
         else:
-            fit = ["fit", *args, *(["--ckpt_path", str(last)] if last.is_file() else [])]
-            if self.separate_test:
-                self._kegnet(folder, "kegnet_pl.cli", fit)
-                self._kegnet(folder, "kegnet_pl.cli", ["test", *args, "--ckpt_path", str(last)])
-            else:
-                self._kegnet(folder, "kegnet_pl.stage", fit)
+            self._kegnet(folder, "kegnet_pl.cli", ["test", *args])
         result = json.loads((folder / METRICS).read_text())
         result["seconds"] = round(time.perf_counter() - start, 1)
         if train:
@@ -453,6 +516,19 @@ class Pipeline:
         the order of ``plan``; their results by folder. After a failure no stage starts: those running finish (as
         ``make`` does, so their work is kept) and the first error is raised."""
         results: dict[Path, dict[str, Any]] = {}
+        if not self.separate_test:  # they start up while the first stages run
+            todo = [stage for stage in plan if not (stage.folder / RESULT).is_file()]
+            for _ in range(min(self.jobs, len(todo))):
+                self._idle.put(self._start_worker())
+        try:
+            self._schedule(plan, progress, results)
+        finally:
+            for worker in self._workers:
+                worker.close()
+            self._workers, self._idle = [], queue.SimpleQueue()
+        return results
+
+    def _schedule(self, plan: list[Stage], progress: Progress, results: dict[Path, dict[str, Any]]) -> None:
         pending, running = list(plan), {}
         failure: BaseException | None = None
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
@@ -480,7 +556,6 @@ class Pipeline:
                     progress.finished(stage.folder, self._name(stage), results[stage.folder], skipped)
         if failure is not None:
             raise failure
-        return results
 
     def _name(self, stage: Stage) -> str:
         return str(stage.folder.relative_to(self.out))

@@ -1,6 +1,7 @@
 """kegnet-pipeline's runner: stages side by side (--jobs), fit and test in one process, progress and summary."""
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -221,3 +222,21 @@ def test_progress_counts_stages_and_estimates_the_time_left_from_those_of_their_
 def test_the_test_after_a_fit_has_the_fits_arguments_and_its_last_checkpoint():
     fit = ["--config", "c.yaml", "--ckpt_path", "run/last.ckpt", "--trainer.max_epochs=2", "--ckpt_path=x.ckpt"]
     assert arguments_to_test(fit) == ["test", "--config", "c.yaml", "--trainer.max_epochs=2", "--ckpt_path", "last"]
+
+
+def test_a_worker_runs_stage_after_stage_and_reports_each_exit(tmp_path):
+    """A stage's error goes to its log and the worker runs the next; a worker that dies reports it."""
+    from kegnet_pl.pipeline import Worker
+
+    worker = Worker({**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for name in ("a", "b"):
+            log = tmp_path / f"{name}.log"
+            assert worker.run(["test", "--config", str(tmp_path / f"{name}.yaml")], log) == (2, True)
+            text = log.read_text()
+            assert "kegnet: error: " in text and f"{name}.yaml" in text  # its own one-line error, in its own log
+        worker.process.kill()
+        status, reusable = worker.run(["test", "--config", "c.yaml"], tmp_path / "c.log")
+        assert status != 0 and not reusable
+    finally:
+        worker.close()
