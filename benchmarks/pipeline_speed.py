@@ -5,7 +5,8 @@ steps, students 1 and 2, each evaluated before training, distilled from the gene
 steps: 7 stages) twice, each into a fresh folder, through the real console script:
 
 * old: ``--jobs 1 --separate_test true``: one stage at a time, a ``kegnet fit`` and a ``kegnet test`` process each;
-* new: ``--jobs 2``: two stages side by side, each one process that fits and then tests.
+* new: ``--jobs 2``: two stages side by side, run by two worker processes that start up once (each stage's fit and
+  test one after the other in the same process).
 
 It prints each way's wall time and the CPU time of its processes (what start-up and work cost, whatever else runs
 on the machine), the load average before and after, and checks that both wrote the same results.json accuracies.
