@@ -992,8 +992,9 @@ def where(results: Path, command: str) -> list[str]:
     """Where a finished run put everything, and the command that reruns it."""
     out = results.parent
     images = sorted(str(path) for path in out.glob("*.png"))
+    figures = ", ".join(sorted(path.name for path in out.glob("*.json")))
     lines = [
-        f"table:   {out / 'results.md'} (and results.json, stages.json)",
+        f"table:   {out / 'results.md'} (figures: {figures})",
         f"images:  {', '.join(images)}" if images else "images:  none (no generator stage)",
         f"stages:  {out}/seed<S>/<stage>/ (config.yaml, stage.log, result.json, checkpoints/, tensorboard/)",
         f"logs:    tensorboard --logdir {out}",
