@@ -15,9 +15,13 @@ DFAD), given the pipeline's teacher, seed and student preset; the generator stag
     <out>/accuracy_vs_size.png             test accuracy against parameters, a series per method
     <out>/samples.png                      the generators' image grid, a row per class
 
-Each stage is an ordinary ``kegnet fit`` / ``kegnet test`` process, so every trainer option (devices, DDP,
-nodes) applies. Run the same command again after an interruption: finished stages are skipped and an
-interrupted one resumes from its ``last.ckpt``.
+Each stage is an ordinary ``kegnet fit`` then ``kegnet test``, so every trainer option (devices, DDP, nodes)
+applies: ``python -m kegnet_pl.stage fit ARGS``, run by a worker process that starts up once and runs stage after
+stage (:mod:`kegnet_pl.stage`), or with ``--separate_test true`` a ``kegnet fit`` and a ``kegnet test`` process.
+``--jobs N`` runs up to N stages side by side (a seed's students once its generators are trained), each with CPU
+cores // N torch threads. It prints stage k of n, the time elapsed and an estimate of the time left as stages start
+and finish. Run the same command again after an interruption: finished stages are skipped and an interrupted one
+resumes from its ``last.ckpt``.
 """
 
 from __future__ import annotations
@@ -26,11 +30,15 @@ import argparse
 import copy
 import json
 import os
+import queue
+import shlex
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +175,140 @@ def check_methods(
         )
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Stage:
+    """One stage of a run: its folder, config and extra ``kegnet`` arguments, whether it trains (else it is only
+    evaluated), its seed and table row (``method``: ``generator``, ``tucker``, a baseline or a method; ``student``:
+    its number), and ``after``, the folder of the stage it needs finished first (its seed's generators), if any."""
+
+    folder: Path
+    config: dict[str, Any]
+    extra: list[str]
+    train: bool
+    seed: int
+    method: str
+    student: int | None = None
+    after: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        """Stages of one kind take about as long as each other: the generators, an evaluation, or a method's."""
+        return self.method if self.train else "evaluation"
+
+
+def clock(seconds: float) -> str:
+    """A duration as ``m:ss``, or ``h:mm:ss`` from an hour on."""
+    hours, rest = divmod(round(seconds), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Progress:
+    """Where a run stands, printed as stages start and finish: stage k of n, the time elapsed, and the time left,
+    estimated from the stages run so far: each stage still to finish takes the mean time of those of its kind (else
+    of all), less what it ran already, the sum shared out over the stages that run side by side."""
+
+    def __init__(
+        self,
+        kinds: dict[Path, str],
+        jobs: int,
+        threads: int | None,
+        echo: Callable[[str], Any] = print,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kinds, self.jobs, self.threads, self.echo, self.now = kinds, jobs, threads, echo, now
+        self.begin = now()
+        self.numbers: dict[Path, int] = {}  # stage k of n, in the order they started
+        self.running: dict[Path, float] = {}  # when each stage running began
+        self.took: list[tuple[str, float]] = []  # (kind, seconds) of the stages that ran
+        self.finished_before = 0
+
+    def started(self, folder: Path, text: str) -> None:
+        self.numbers[folder] = len(self.numbers) + 1
+        self.running[folder] = self.now()
+        self.echo(f"[{self.numbers[folder]}/{len(self.kinds)}] {text}  ({self.times()})")
+
+    def finished(self, folder: Path, name: str, result: dict[str, Any], skipped: bool = False) -> None:
+        seconds = self.now() - self.running.pop(folder)
+        if skipped:  # its start line said so; it tells nothing of how long a stage takes
+            self.finished_before += 1
+            return
+        self.took.append((self.kinds[folder], seconds))
+        accuracy = result.get("test/acc")
+        score = "" if accuracy is None else f", test/acc {100 * accuracy:.2f}%"
+        done = len(self.took) + self.finished_before
+        self.echo(
+            f"[{self.numbers[folder]}/{len(self.kinds)}] {name}: done in {clock(seconds)}{score}; "
+            f"{done} of {len(self.kinds)} finished  ({self.times()})"
+        )
+
+    def left(self) -> float | None:
+        """Seconds left, estimated; None before any stage has run."""
+        if not self.took:
+            return None
+        overall = statistics.mean(seconds for _, seconds in self.took)
+        by_kind: dict[str, list[float]] = {}
+        for kind, seconds in self.took:
+            by_kind.setdefault(kind, []).append(seconds)
+        now = self.now()
+        todo = [folder for folder in self.kinds if folder not in self.numbers or folder in self.running]
+        mean = {kind: statistics.mean(times) for kind, times in by_kind.items()}
+        work = sum(max(0.0, mean.get(self.kinds[f], overall) - (now - self.running.get(f, now))) for f in todo)
+        return work / max(1, min(self.jobs, len(todo)))
+
+    def times(self) -> str:
+        left = self.left()
+        return f"{clock(self.now() - self.begin)} elapsed" + ("" if left is None else f", about {clock(left)} left")
+
+    def summary(self) -> str:
+        """One line: how many stages, in how long, how many side by side."""
+        ran = f"{len(self.kinds)} stages in {clock(self.now() - self.begin)}"
+        if self.finished_before:
+            ran += f" ({self.finished_before} finished before)"
+        threads = "" if self.threads is None else f" of {self.threads} torch thread(s)"
+        return f"done: {ran}, up to {self.jobs} at a time{threads}"
+
+
+class Worker:
+    """A ``python -m kegnet_pl.stage --worker`` process: it starts up once (Python, torch, Lightning: seconds of CPU)
+    and runs stage after stage, each as its own ``python -m kegnet_pl.stage`` command would."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        command = [sys.executable, "-m", "kegnet_pl.stage", "--worker"]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def run(self, args: list[str], log: Path) -> tuple[int, bool]:
+        """Run ``python -m kegnet_pl.stage <args>``, its output appended to ``log``: its exit status, and whether
+        this worker can run another stage."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            self.process.stdin.write(json.dumps({"args": args, "log": str(log)}) + "\n")
+            self.process.stdin.flush()
+            reply = self.process.stdout.readline()
+        except BrokenPipeError:
+            reply = ""
+        if not reply:  # it died: killed, or crashed (the stage's log holds what it printed)
+            return self.process.wait() or 1, False
+        answer = json.loads(reply)
+        return answer["exit"], not answer["retired"]
+
+    def close(self) -> None:
+        """End it (it is idle, or done)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+
+
 class Pipeline:
     """Runs the stages of one pipeline folder; see the module docstring."""
 
@@ -187,10 +329,22 @@ class Pipeline:
         method_configs: dict[str, str] | None = None,
         method_args: dict[str, Sequence[str]] | None = None,
         latency_threads: int = 1,
+        jobs: int = 1,
+        separate_test: bool = False,
+        threads: int | None = None,
     ) -> None:
         if latency_threads < 0:
             raise ConfigError(f"latency_threads must be 0 (no latency) or more, got {latency_threads}")
         self.latency_threads = latency_threads
+        if jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {jobs} (--jobs 1 runs one stage at a time)")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {threads} (leave it out for CPU cores // jobs)")
+        self.jobs = jobs
+        self.separate_test = separate_test
+        self._idle: queue.SimpleQueue[Worker] = queue.SimpleQueue()  # workers waiting for a stage
+        self._workers: list[Worker] = []
+        self.threads = threads if threads is not None else (max(1, cpu_cores() // jobs) if jobs > 1 else None)
         self.methods = list(methods)
         method_configs, method_args = dict(method_configs or {}), dict(method_args or {})
         check_methods(self.methods, method_configs, method_args)
@@ -235,42 +389,81 @@ class Pipeline:
         return teacher
 
     # --- running one stage -------------------------------------------------------------------------
-    def _kegnet(self, folder: Path, args: list[str]) -> None:
-        command = [sys.executable, "-m", "kegnet_pl.cli", *args]
-        with (folder / "stage.log").open("a") as log:
-            log.write(f"$ {' '.join(command)}\n")
-            log.flush()
-            done = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-            )
-        if done.returncode != 0:
-            tail = [line for line in (folder / "stage.log").read_text().splitlines() if line.strip()][-5:]
-            raise KegnetError(
-                f"stage {folder} failed (exit {done.returncode}); its log {folder / 'stage.log'} ends with:\n  "
-                + "\n  ".join(tail)
-            )
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.threads is not None:  # torch's intra-op threads: N jobs side by side share the cores
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        return env
+
+    def _kegnet(self, folder: Path, module: str, args: list[str]) -> None:
+        """``python -m <module> <args>`` (``kegnet_pl.cli``: the ``kegnet`` command, a process of its own;
+        ``kegnet_pl.stage``: fit then test, or test, run by a :class:`Worker`), its output appended to the stage's log
+        after a ``$`` line that reruns it exactly."""
+        command = [sys.executable, "-m", module, *args]
+        shown = " ".join(command) if self.threads is None else f"OMP_NUM_THREADS={self.threads} {' '.join(command)}"
+        log = folder / "stage.log"
+        with log.open("a") as handle:
+            handle.write(f"$ {shown}\n")
+        if module == "kegnet_pl.stage":
+            status = self._in_worker(args, log)
+        else:
+            with log.open("a") as handle:
+                status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=self._env()).returncode
+        if status != 0:
+            tail = [line for line in log.read_text().splitlines() if line.strip()][-5:]
+            ends = "\n  ".join(tail)
+            raise KegnetError(f"stage {folder} failed (exit {status}); its log {log} ends with:\n  {ends}")
+
+    def _in_worker(self, args: list[str], log: Path) -> int:
+        """Run ``python -m kegnet_pl.stage <args>`` in an idle worker (a new one if none is idle); its exit status."""
+        try:
+            worker = self._idle.get_nowait()
+        except queue.Empty:
+            worker = self._start_worker()
+        if worker.process.poll() is not None:  # it died while idle
+            worker = self._start_worker()
+        status, reusable = worker.run(args, log)
+        if reusable and status == 0:
+            self._idle.put(worker)
+        else:
+            worker.close()
+        return status
+
+    def _start_worker(self) -> Worker:
+        worker = Worker(self._env())
+        self._workers.append(worker)
+        return worker
+
+    @staticmethod
+    def action(folder: Path, train: bool) -> str:
+        """What :meth:`run_stage` will do in ``folder``: skip it, resume it, train it, or evaluate it."""
+        if (folder / RESULT).is_file():
+            return "finished before, skipped"
+        if not train:
+            return "evaluating"
+        return "resuming" if (folder / "checkpoints" / "last.ckpt").is_file() else "training"
 
     def run_stage(self, folder: Path, config: dict[str, Any], extra: list[str], train: bool) -> dict[str, Any]:
-        """Fit (resuming an interrupted run) and test one stage, or return its recorded result."""
+        """Fit (resuming an interrupted run) and test one stage, or return its recorded result. A :class:`Worker`
+        runs it (``kegnet_pl.stage``: fit and test in one process that ran other stages before); with
+        ``separate_test``, a ``kegnet fit`` and a ``kegnet test`` process of its own, as before."""
         result_path = folder / RESULT
         if result_path.is_file():
-            result = json.loads(result_path.read_text())
-            self.echo(f"  {folder.relative_to(self.out)}: finished before, skipped")
-            return result
+            return json.loads(result_path.read_text())
         folder.mkdir(parents=True, exist_ok=True)
         config_path = folder / "config.yaml"
         atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
         start = time.perf_counter()
         last = folder / "checkpoints" / "last.ckpt"
-        if train:
-            resume = ["--ckpt_path", str(last)] if last.is_file() else []
-            action = "resuming" if resume else "training"
-            self.echo(f"  {folder.relative_to(self.out)}: {action} (log: {folder / 'stage.log'})")
-            self._kegnet(folder, ["fit", "--config", str(config_path), *extra, *resume])
+        args = ["--config", str(config_path), *extra]
+        fit = ["fit", *args, *(["--ckpt_path", str(last)] if last.is_file() else [])]
+        if not self.separate_test:
+            self._kegnet(folder, "kegnet_pl.stage", fit if train else ["test", *args])
+        elif train:
+            self._kegnet(folder, "kegnet_pl.cli", fit)
+            self._kegnet(folder, "kegnet_pl.cli", ["test", *args, "--ckpt_path", str(last)])
         else:
-            self.echo(f"  {folder.relative_to(self.out)}: evaluating (log: {folder / 'stage.log'})")
-        test_ckpt = ["--ckpt_path", str(last)] if train else []
-        self._kegnet(folder, ["test", "--config", str(config_path), *extra, *test_ckpt])
+            self._kegnet(folder, "kegnet_pl.cli", ["test", *args])
         result = json.loads((folder / METRICS).read_text())
         result["seconds"] = round(time.perf_counter() - start, 1)
         if train:
@@ -279,30 +472,93 @@ class Pipeline:
         return result
 
     # --- the whole pipeline ------------------------------------------------------------------------
-    def run(self) -> Path:
-        rows: list[dict[str, Any]] = []
-        stages: list[dict[str, Any]] = []
+    def plan(self) -> list[Stage]:
+        """Every stage of the run, in the order of the table: per seed, the generators, then per student its
+        Tucker start, each method and each baseline. A stage that samples the generators waits for them."""
+        plan = []
         for seed in self.seeds:
-            self.echo(f"seed {seed}")
             root = self.out / f"seed{seed}"
             generators = None
             if "kegnet" in self.methods:
                 folder = root / "generator"
                 config = stage_config(self.generator_base, folder, seed, self.teacher, self.trainer_preset)
                 config["data"]["init_args"].setdefault("val_batches", 4)
-                result = self.run_stage(folder, config, self.generator_args, train=True)
-                stages.append({"stage": "generator", "seed": seed, **result})
+                plan.append(Stage(folder, config, self.generator_args, True, seed, "generator"))
                 generators = str(folder / "checkpoints" / "last.ckpt")
             for number, preset in enumerate(self.students, start=1):
                 for source, base, model_args, extra in self._student_stages(preset, generators):
                     folder = root / f"student{number}-{source}"
                     config = stage_config(base, folder, seed, model_args, self.trainer_preset)
-                    result = self.run_stage(folder, config, extra, train=source != "tucker")
-                    stages.append({"stage": folder.name, "seed": seed, **result})
-                    if not any(row["seed"] == seed for row in rows):  # every stage tests the same teacher
-                        rows.append(self._row("teacher", None, seed, result, teacher=True))
-                    rows.append(self._row(source, number, seed, result))
-        return self._write(rows, stages)
+                    after = root / "generator" if model_args.get("generators") else None
+                    plan.append(Stage(folder, config, extra, source != "tucker", seed, source, number, after))
+        return plan
+
+    def run(self) -> Path:
+        plan = self.plan()
+        progress = Progress({stage.folder: stage.kind for stage in plan}, self.jobs, self.threads, self.echo)
+        results = self._run_all(plan, progress)
+        rows: list[dict[str, Any]] = []
+        stages: list[dict[str, Any]] = []
+        for stage in plan:
+            result = results[stage.folder]
+            stages.append({"stage": stage.folder.name, "seed": stage.seed, **result})
+            if stage.method == "generator":
+                continue
+            if not any(row["seed"] == stage.seed for row in rows):  # every stage tests the same teacher
+                rows.append(self._row("teacher", None, stage.seed, result, teacher=True))
+            rows.append(self._row(stage.method, stage.student, stage.seed, result))
+        path = self._write(rows, stages)
+        self.echo(progress.summary())
+        return path
+
+    def _run_all(self, plan: list[Stage], progress: Progress) -> dict[Path, dict[str, Any]]:
+        """Run the stages, up to ``jobs`` at a time, each once the stage it waits for has finished, starting them in
+        the order of ``plan``; their results by folder. After a failure no stage starts: those running finish (as
+        ``make`` does, so their work is kept) and the first error is raised."""
+        results: dict[Path, dict[str, Any]] = {}
+        if not self.separate_test:  # they start up while the first stages run
+            todo = [stage for stage in plan if not (stage.folder / RESULT).is_file()]
+            for _ in range(min(self.jobs, len(todo))):
+                self._idle.put(self._start_worker())
+        try:
+            self._schedule(plan, progress, results)
+        finally:
+            for worker in self._workers:
+                worker.close()
+            self._workers, self._idle = [], queue.SimpleQueue()
+        return results
+
+    def _schedule(self, plan: list[Stage], progress: Progress, results: dict[Path, dict[str, Any]]) -> None:
+        pending, running = list(plan), {}
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            while pending or running:
+                ready = [stage for stage in pending if stage.after is None or stage.after in results]
+                for stage in ready[: self.jobs - len(running)] if failure is None else []:
+                    pending.remove(stage)
+                    action = self.action(stage.folder, stage.train)
+                    log = "" if action.startswith("finished") else f" (log: {stage.folder / 'stage.log'})"
+                    progress.started(stage.folder, f"{self._name(stage)}: {action}{log}")
+                    job = pool.submit(self.run_stage, stage.folder, stage.config, stage.extra, stage.train)
+                    running[job] = (stage, action.startswith("finished"))
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for job in finished:
+                    stage, skipped = running.pop(job)
+                    try:
+                        results[stage.folder] = job.result()
+                    except Exception as err:  # the others finish first; then the first error is raised
+                        failure = failure or err
+                        if running:
+                            self.echo(f"{self._name(stage)} failed; waiting for the {len(running)} stage(s) running")
+                        continue
+                    progress.finished(stage.folder, self._name(stage), results[stage.folder], skipped)
+        if failure is not None:
+            raise failure
+
+    def _name(self, stage: Stage) -> str:
+        return str(stage.folder.relative_to(self.out))
 
     def _student_stages(
         self, preset: str, generators: str | None
@@ -642,6 +898,9 @@ def run_pipeline(
     input_shape: list[int] | None = None,
     num_classes: int | None = None,
     latency_threads: int = 1,
+    jobs: int = 1,
+    threads: int | None = None,
+    separate_test: bool = False,
 ) -> Path:
     """Run the KegNet pipeline: generators, then students, noise baselines and other methods, evaluated on real
     test data.
@@ -671,6 +930,12 @@ def run_pipeline(
         num_classes: its class count, for a file that does not record it.
         latency_threads: torch threads for the CPU latency of the teacher and each student in the results (0: do
             not measure latency; parameters and FLOPs are still given).
+        jobs: stages run side by side, at most (a seed's students once its generators are trained, other methods'
+            stages, other seeds); 1 runs one at a time, in the table's order.
+        threads: torch threads of each stage (OMP_NUM_THREADS); default: the CPU cores // jobs, and with jobs 1
+            torch's own default. Results are bit-identical only at the same thread count.
+        separate_test: test a trained stage in a ``kegnet test`` process of its own after its ``kegnet fit``
+            process, as before both ran in one process (the same metrics, a few seconds more per stage).
     """
     own_teacher = {"teacher": teacher, "teacher_arch": teacher_arch, "input_shape": input_shape}
     own_teacher["num_classes"] = num_classes
@@ -689,6 +954,9 @@ def run_pipeline(
         method_configs=method_configs,
         method_args=method_args,
         latency_threads=latency_threads,
+        jobs=jobs,
+        separate_test=separate_test,
+        threads=threads,
     )
     return pipeline.run()
 
@@ -715,7 +983,24 @@ def main(args: list[str] | None = None) -> None:
     except KegnetError as err:
         print(f"kegnet-pipeline: error: {err}", file=sys.stderr)
         sys.exit(2)
+    command = shlex.join(["kegnet-pipeline", *(sys.argv[1:] if args is None else args)])
+    print("\n".join(where(results, command)))
     print(f"results: {results}")
+
+
+def where(results: Path, command: str) -> list[str]:
+    """Where a finished run put everything, and the command that reruns it."""
+    out = results.parent
+    images = sorted(str(path) for path in out.glob("*.png"))
+    figures = ", ".join(sorted(path.name for path in out.glob("*.json")))
+    lines = [
+        f"table:   {out / 'results.md'} (figures: {figures})",
+        f"images:  {', '.join(images)}" if images else "images:  none (no generator stage)",
+        f"stages:  {out}/seed<S>/<stage>/ (config.yaml, stage.log, result.json, checkpoints/, tensorboard/)",
+        f"logs:    tensorboard --logdir {out}",
+        f"rerun:   {command}  (from {Path.cwd()}: finished stages are skipped, an interrupted one resumes)",
+    ]
+    return lines
 
 
 if __name__ == "__main__":  # pragma: no cover

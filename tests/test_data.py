@@ -51,6 +51,11 @@ def test_mnist_subset_is_split_3500_500_1000():
     assert x.shape == (32, 1, 32, 32) and y.dtype == torch.int64
     assert torch.bincount(data.test_set.tensors[1]).tolist() == [100] * 10
     assert abs(data.train_set.tensors[0].mean().item()) < 0.1  # MNIST normalisation (0.1307, 0.3081)
+    again = MNISTSubsetDataModule(batch_size=32)  # the text file is parsed once a process (fit, then test)
+    again.setup()
+    assert again.load_arrays()[0] is data.load_arrays()[0]
+    data.test_set.tensors[0].zero_()  # each module's splits are copies: changing one changes no other
+    assert again.test_set.tensors[0].abs().sum() > 0 and data.load_arrays()[0].abs().sum() > 0
 
 
 @pytest.mark.parametrize(("as_images", "shape"), [(False, (64,)), (True, (1, 32, 32))])

