@@ -257,14 +257,17 @@ def place_outputs(config: Any) -> None:
     working directory): TensorBoard logs in ``<root>/tensorboard/version_N`` when the config names no logger, and
     checkpoints in ``<root>/checkpoints`` for a ``ModelCheckpoint`` without ``dirpath`` (the PNGs of ``SampleImages``
     go beside them). A folder the config gives wins. So a config states its root once, and
-    ``--trainer.default_root_dir DIR`` moves the whole run."""
-    root = Path(config.get("trainer.default_root_dir") or ".")
+    ``--trainer.default_root_dir DIR`` moves the whole run. Without a root, checkpoints keep Lightning's place (the
+    logger's ``version_N/checkpoints``): ``./checkpoints`` may hold files that are not this run's (shipped teachers)."""
+    given = config.get("trainer.default_root_dir")
+    root = Path(given or ".")
     if "trainer" in config and config.get("trainer.logger") is None:  # Lightning's default logger, named as ours
         tensorboard = Namespace(save_dir=str(root), name="tensorboard")
         config["trainer.logger"] = Namespace(
             class_path="pytorch_lightning.loggers.TensorBoardLogger", init_args=tensorboard
         )
-    for callback in config.get("trainer.callbacks") or []:
+    callbacks = (config.get("trainer.callbacks") or []) if given else []
+    for callback in callbacks:
         if not isinstance(callback, Namespace) or not _loaded_subclass(callback.get("class_path"), ModelCheckpoint):
             continue
         if callback.get("init_args.dirpath") is None:
