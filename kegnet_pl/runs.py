@@ -18,6 +18,7 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from kegnet_pl.images import SampleImages
+from kegnet_pl.stage import without_ckpt_path
 
 #: the checkpoint key that names the TensorBoard run a checkpoint belongs to: ``{"root_dir": ..., "version": N}``
 RUN_KEY = "tensorboard_run"
@@ -72,17 +73,10 @@ def shown(path: str | os.PathLike) -> str:
 
 def _options(args: Sequence[str]) -> list[str]:
     """The command line of a ``kegnet fit`` without its subcommand and its ``--ckpt_path``."""
-    options, words, skip = [], list(args), False
+    words = list(args)
     if "fit" in words:
         words.remove("fit")
-    for word in words:
-        if skip:
-            skip = False
-        elif word == "--ckpt_path":
-            skip = True
-        elif not word.startswith("--ckpt_path="):
-            options.append(word)
-    return options
+    return without_ckpt_path(words)
 
 
 def fit_summary(

@@ -27,18 +27,23 @@ from collections.abc import Sequence
 import torch
 
 
-def arguments_to_test(fit_args: Sequence[str]) -> list[str]:
-    """``kegnet test`` arguments for the model that ``kegnet fit fit_args`` trained: the same arguments, the fit's
-    ``--ckpt_path`` (a run to resume) replaced by ``--ckpt_path last``."""
+def without_ckpt_path(args: Sequence[str]) -> list[str]:
+    """``args`` without their ``--ckpt_path`` (``--ckpt_path X`` or ``--ckpt_path=X``)."""
     words, skip = [], False
-    for word in fit_args:
+    for word in args:
         if skip:
             skip = False
         elif word == "--ckpt_path":
             skip = True
         elif not word.startswith("--ckpt_path="):
             words.append(word)
-    return ["test", *words, "--ckpt_path", "last"]
+    return words
+
+
+def arguments_to_test(fit_args: Sequence[str]) -> list[str]:
+    """``kegnet test`` arguments for the model that ``kegnet fit fit_args`` trained: the same arguments, the fit's
+    ``--ckpt_path`` (a run to resume) replaced by ``--ckpt_path last``."""
+    return ["test", *without_ckpt_path(fit_args), "--ckpt_path", "last"]
 
 
 def run(words: Sequence[str]) -> None:

@@ -12,6 +12,29 @@ from pytorch_lightning import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = str(ROOT / "checkpoints" / "mnist_subset_lenet5.ckpt")
 
+#: a kegnet-pipeline config at test size: one student, one generator, a few batches of 16 (the shipped teacher)
+TINY_PIPELINE = {
+    "generator_config": str(ROOT / "configs/mnist_subset/generator.yaml"),
+    "student_config": str(ROOT / "configs/mnist_subset/student.yaml"),
+    "students": ["lenet5-s1"],
+    "baselines": ["uniform"],
+    "seeds": [0],
+    "generator_args": [
+        f"--model.teacher={TEACHER}",
+        "--trainer.max_epochs=1",
+        "--model.n_generators=1",
+        "--data.batch_size=16",
+        "--data.batches_per_epoch=2",
+    ],
+    "student_args": [
+        "--trainer.max_epochs=2",
+        "--model.pool_size=32",
+        "--data.batch_size=16",
+        "--data.batches_per_epoch=2",
+        "--data.val_batches=1",
+    ],
+}
+
 
 @pytest.fixture(autouse=True)
 def _few_threads():

@@ -10,31 +10,10 @@ import time
 import pytest
 import yaml
 from conftest import ROOT
+from conftest import TINY_PIPELINE as TINY
 
 from kegnet_pl import payoff
 from kegnet_pl.pipeline import main, results_table
-
-TINY = {
-    "generator_config": str(ROOT / "configs/mnist_subset/generator.yaml"),
-    "student_config": str(ROOT / "configs/mnist_subset/student.yaml"),
-    "students": ["lenet5-s1"],
-    "baselines": ["uniform"],
-    "seeds": [0],
-    "generator_args": [
-        f"--model.teacher={ROOT / 'checkpoints/mnist_subset_lenet5.ckpt'}",
-        "--trainer.max_epochs=1",
-        "--model.n_generators=1",
-        "--data.batch_size=16",
-        "--data.batches_per_epoch=2",
-    ],
-    "student_args": [
-        "--trainer.max_epochs=2",
-        "--model.pool_size=32",
-        "--data.batch_size=16",
-        "--data.batches_per_epoch=2",
-        "--data.val_batches=1",
-    ],
-}
 
 
 def write_config(tmp_path, **overrides):

@@ -8,33 +8,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, TINY_PIPELINE
 
 from kegnet_pl.errors import KegnetError
 from kegnet_pl.pipeline import Pipeline, Progress, clock, main
 from kegnet_pl.stage import arguments_to_test
 
 TINY = {
-    "generator_config": str(ROOT / "configs/mnist_subset/generator.yaml"),
-    "student_config": str(ROOT / "configs/mnist_subset/student.yaml"),
-    "students": ["lenet5-s1"],
+    **TINY_PIPELINE,
     "baselines": [],
-    "seeds": [0],
     "latency_threads": 0,  # no timing of the networks: the runs below compare what they trained
-    "generator_args": [
-        f"--model.teacher={ROOT / 'checkpoints/mnist_subset_lenet5.ckpt'}",
-        "--trainer.max_epochs=1",
-        "--model.n_generators=1",
-        "--data.batch_size=16",
-        "--data.batches_per_epoch=2",
-    ],
-    "student_args": [
-        "--trainer.max_epochs=2",
-        "--model.pool_size=32",
-        "--data.batch_size=16",
-        "--data.batches_per_epoch=2",
-        "--data.val_batches=1",
-    ],
 }
 
 
