@@ -11,6 +11,7 @@ from kegnet_pl.data.sources import (
     NormalNoise,
     Pool,
     SampleSource,
+    Strokes,
     UniformNoise,
     build_source,
 )
@@ -149,3 +150,40 @@ def test_mixture_spec_rebuilds_it_with_nested_sources(generator_ckpt):
 def test_mixture_refuses_shares_that_do_not_sum_to_one(fractions):
     with pytest.raises(ConfigError, match="fractions"):
         Mixture([UniformNoise(), NormalNoise()], fractions)
+
+
+def test_strokes_draw_ink_on_blank_paper_and_nothing_else():
+    x = bound(Strokes(background=-0.5, ink=2.5), shape=(3, 32, 32)).sample(64, gen(0))
+    assert x.shape == (64, 3, 32, 32)
+    assert x.min() == -0.5 and x.max() == 2.5  # every value lies between paper and ink
+    assert torch.equal(x[:, 0], x[:, 2])  # every channel alike
+    ink = (x[:, 0] > -0.5).flatten(1).float().mean(1)
+    assert ink.min() > 0 and ink.max() < 0.5  # every image has a stroke; strokes are thin marks, not fills
+    border = torch.ones(32, 32, dtype=torch.bool)
+    border[3:29, 3:29] = False
+    assert (x[:, 0][:, border] == -0.5).all()  # end points keep to the middle 20 to 80% (plus the stroke's width)
+    x1 = bound(Strokes(max_strokes=1, width=(0.0, 0.0))).sample(256, gen(1))
+    thin = (x1 > -1).flatten(1).sum(1)  # one stroke of the narrowest width: a line one or two pixels across
+    assert thin.max() < 32 * 2.5
+
+
+def test_strokes_are_a_function_of_the_generator_and_rebuild_from_their_spec():
+    source = bound(Strokes(background=-0.42, ink=2.82, max_strokes=2, width=(1.0, 2.0), span=(0.1, 0.9)))
+    assert torch.equal(source.sample(8, gen(1)), source.sample(8, gen(1)))
+    assert not torch.equal(source.sample(8, gen(1)), source.sample(8, gen(2)))
+    rebuilt = bound(build_source(source.spec()))
+    assert torch.equal(rebuilt.sample(8, gen(4)), source.sample(8, gen(4)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"max_strokes": 0}, "max_strokes"), ({"width": (2.0, 1.0)}, "width"), ({"span": (0.5, 0.5)}, "span")],
+)
+def test_strokes_refuse_bad_settings(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Strokes(**kwargs)
+
+
+def test_strokes_refuse_inputs_that_are_not_images():
+    with pytest.raises(ConfigError, match="draws images"):
+        bound(Strokes(), shape=(64,))

@@ -10,7 +10,7 @@ from conftest import ROOT, TEACHER, quiet_trainer, tiny_config
 
 from kegnet_pl.cli import main
 from kegnet_pl.data import NoiseDataModule
-from kegnet_pl.data.sources import KegnetGenerators, Mixture, NormalNoise, Pool, UniformNoise
+from kegnet_pl.data.sources import KegnetGenerators, Mixture, NormalNoise, Pool, Strokes, UniformNoise
 from kegnet_pl.errors import CheckpointError, ConfigError
 from kegnet_pl.modules import GeneratorModule, StudentModule
 from kegnet_pl.modules.student import describe
@@ -84,6 +84,37 @@ def test_shorthands_build_the_papers_sources(generator_ckpt, source, pool_size, 
     assert isinstance(model.source, expected[0])
     if isinstance(model.source, Pool):
         assert isinstance(model.source.source, expected[1]) and model.source.size == expected[2]
+
+
+PAPER = {"background": -0.4242, "ink": 2.8215}
+
+
+def test_strokes_shorthand_and_share_build_strokes_with_the_given_ink(tmp_path, generator_ckpt):
+    alone = StudentModule(generators=generator_ckpt, source="strokes", strokes=PAPER, pool_size=None)
+    assert isinstance(alone.source, Strokes) and (alone.source.background, alone.source.ink) == (-0.4242, 2.8215)
+    model = StudentModule(
+        generators=generator_ckpt, pool_size=None, noise_fraction=0.375, strokes_fraction=0.25, strokes=PAPER, lr=1e-2
+    )
+    assert [type(s) for s in model.source.sources] == [KegnetGenerators, UniformNoise, Strokes]
+    assert model.source.fractions == [0.375, 0.375, 0.25] and model.source.counts(8) == [3, 3, 2]
+    trainer = quiet_trainer(tmp_path, max_steps=2)
+    trainer.fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=2))
+    trainer.save_checkpoint(tmp_path / "strokes.ckpt")
+    restored = StudentModule.load_from_checkpoint(tmp_path / "strokes.ckpt")
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(restored.source.sample(8, g1), model.source.sample(8, g2))
+    assert StudentModule(generators=generator_ckpt, pool_size=None, strokes_fraction=0.5, strokes=PAPER).source.counts(
+        4
+    ) == [2, 2]  # no noise share: generators and strokes only
+
+
+def test_strokes_refuse_a_missing_ink_or_shares_that_leave_no_generator_samples(generator_ckpt):
+    with pytest.raises(ConfigError, match="blank paper and full ink"):
+        StudentModule(generators=generator_ckpt, source="strokes")
+    with pytest.raises(ConfigError, match="strokes_fraction"):
+        StudentModule(generators=generator_ckpt, noise_fraction=0.5, strokes_fraction=0.5, strokes=PAPER)
+    with pytest.raises(ConfigError, match="does not take"):
+        StudentModule(generators=generator_ckpt, source="strokes", strokes={"colour": 1})
 
 
 def test_noise_fraction_mixes_uniform_noise_into_the_generators_batches(tmp_path, generator_ckpt):

@@ -6,6 +6,8 @@ The student is a copy of the teacher whose layers a compression spec replaces by
 
 * ``KegnetGenerators``: samples of the trained generators (the paper's method);
 * ``UniformNoise`` / ``NormalNoise``: U(-1, 1) or N(0, 1) inputs (the paper's baselines);
+* ``Strokes``: random pen strokes on blank paper (a drawn prior for handwriting-like inputs);
+* ``Mixture``: fixed shares of every batch from several of these;
 * ``Pool``: a fixed set of samples of any of these, drawn once (the paper's protocol), or any source of your own.
 
 The strings ``kegnet``, ``uniform`` and ``normal`` are shorthands for the paper's sources built from
@@ -40,6 +42,7 @@ from kegnet_pl.data.sources import (
     NormalNoise,
     Pool,
     SampleSource,
+    Strokes,
     UniformNoise,
     build_source,
     read_generator_checkpoint,
@@ -51,7 +54,7 @@ from kegnet_pl.modules.base import TeacherStage, load_teacher
 from kegnet_pl.modules.checks import check_data_fits, check_finite, with_lr_schedule
 from kegnet_pl.nets import build_classifier, build_classifier_from_spec, classifier_names
 
-Shorthand = Literal["kegnet", "uniform", "normal"]
+Shorthand = Literal["kegnet", "uniform", "normal", "strokes"]
 
 
 class StudentModule(TeacherStage):
@@ -83,6 +86,8 @@ class StudentModule(TeacherStage):
         seed: int = 0,
         use_generators: list[int] | None = None,
         noise_fraction: float = 0.0,
+        strokes: dict[str, Any] | None = None,
+        strokes_fraction: float = 0.0,
         teacher_spec: dict[str, Any] | None = None,
         generator_spec: dict[str, Any] | None = None,
         student_ranks: dict[str, list[int]] | None = None,
@@ -103,7 +108,8 @@ class StudentModule(TeacherStage):
                 or a registered classifier trained from scratch (``lenet5-half``, the DAFL/DFAD student).
             source: what makes the student's inputs: a SampleSource by ``class_path`` (``KegnetGenerators``,
                 ``UniformNoise``, ``NormalNoise``, ``Pool``, your own), or the shorthand ``kegnet`` (the generators
-                of ``generators``), ``uniform`` (U(-1,1)) or ``normal`` (N(0,1)).
+                of ``generators``), ``uniform`` (U(-1,1)), ``normal`` (N(0,1)) or ``strokes`` (random pen strokes,
+                :class:`~kegnet_pl.data.sources.Strokes` with the ``strokes`` settings).
             label_distribution: shorthand ``kegnet`` only: labels fed to the generators, ``onehot`` (the authors'
                 code) or ``uniform`` unnormalised U(0,1) soft labels (the paper).
             pool_size: shorthands only: samples per generator in a fixed ``Pool`` drawn once (the authors: 6,400);
@@ -120,6 +126,11 @@ class StudentModule(TeacherStage):
                 all).
             noise_fraction: shorthand ``kegnet`` only: this share of every batch is U(-1, 1) noise instead of
                 generator samples (a :class:`~kegnet_pl.data.sources.Mixture`); 0 is the paper's KegNet.
+            strokes: the settings of :class:`~kegnet_pl.data.sources.Strokes` (``background``, ``ink``, ...) for the
+                ``strokes`` shorthand and ``strokes_fraction``; give the teacher's normalised values of blank paper
+                and full ink (MNIST: ``{background: -0.4242, ink: 2.8215}``).
+            strokes_fraction: shorthand ``kegnet`` only: this share of every batch is pen strokes (``strokes``)
+                instead of generator samples, besides ``noise_fraction``; 0 is the paper's KegNet.
             teacher_spec: filled in with the teacher's architecture; leave unset.
             generator_spec: read from checkpoints of earlier versions only; leave unset.
             student_ranks: filled in with the exact ranks chosen for the student; leave unset.
@@ -138,6 +149,11 @@ class StudentModule(TeacherStage):
             raise ConfigError(f"StudentModule: weight_decay must be >= 0, got {weight_decay}")
         if not 0.0 <= noise_fraction < 1.0:
             raise ConfigError(f"StudentModule: noise_fraction must be in [0, 1), got {noise_fraction}")
+        if not 0.0 <= strokes_fraction < 1.0 or noise_fraction + strokes_fraction >= 1.0:
+            raise ConfigError(
+                f"StudentModule: strokes_fraction must be in [0, 1) and leave generator samples beside noise_fraction "
+                f"(their sum below 1), got strokes_fraction={strokes_fraction}, noise_fraction={noise_fraction}"
+            )
         if lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"StudentModule: lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         self.save_hyperparameters(ignore=["source"])
@@ -203,10 +219,10 @@ class StudentModule(TeacherStage):
     ) -> SampleSource:
         """The source a shorthand names, in a ``Pool`` of ``pool_size`` samples per generator unless that is null."""
         hp = self.hparams
-        if name not in ("kegnet", "uniform", "normal"):
+        if name not in ("kegnet", "uniform", "normal", "strokes"):
             raise ConfigError(
-                f"StudentModule: source must be a SampleSource (class_path) or 'kegnet', 'uniform' or 'normal', "
-                f"got {name!r}"
+                f"StudentModule: source must be a SampleSource (class_path) or 'kegnet', 'uniform', 'normal' or "
+                f"'strokes', got {name!r}"
             )
         if loaded is not None:
             n_generators = int(loaded["hparams"]["n_generators"])
@@ -228,14 +244,35 @@ class StudentModule(TeacherStage):
                 }
             inner: SampleSource = KegnetGenerators(generators, hp.label_distribution, hp.use_generators, spec)
             fraction = float(hp.get("noise_fraction") or 0.0)
-            if fraction > 0:
-                inner = Mixture([inner, UniformNoise()], [1.0 - fraction, fraction])
+            drawn = float(hp.get("strokes_fraction") or 0.0)
+            parts = [(inner, 1.0 - fraction - drawn), (UniformNoise(), fraction)]
+            if drawn > 0:
+                parts.append((self._strokes(), drawn))
+            parts = [(part, share) for part, share in parts if share > 0]
+            if len(parts) > 1:
+                inner = Mixture([part for part, _ in parts], [share for _, share in parts])
+        elif name == "strokes":
+            inner = self._strokes()
         else:
             inner = UniformNoise() if name == "uniform" else NormalNoise()
         if hp.pool_size is None:
             return inner
         chosen = len(hp.use_generators) if hp.use_generators else (n_generators or 1)
         return Pool(inner, size=hp.pool_size * chosen, seed=hp.seed)
+
+    def _strokes(self) -> Strokes:
+        settings = self.hparams.get("strokes")
+        if settings is None:
+            raise ConfigError(
+                "StudentModule: the strokes source needs the teacher's input values of blank paper and full ink: "
+                "set model.init_args.strokes, e.g. {background: -0.4242, ink: 2.8215} for MNIST's normalisation"
+            )
+        if not isinstance(settings, dict):
+            raise ConfigError(f"StudentModule: strokes must be a mapping of Strokes settings, got {settings!r}")
+        try:
+            return Strokes(**settings)
+        except TypeError as err:
+            raise ConfigError(f"StudentModule: strokes has a setting Strokes does not take: {err}") from None
 
     def _teacher(
         self,
