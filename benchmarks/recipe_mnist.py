@@ -37,6 +37,7 @@ import argparse
 import copy
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 
 from kegnet_pl.compression import compress_with_report
 from kegnet_pl.data.noise import sample_labels
+from kegnet_pl.data.sources import Strokes
 from kegnet_pl.data.vision import MNISTDataModule
 from kegnet_pl.loading import load_classifier_and_spec
 from kegnet_pl.losses import classification_loss, decoder_loss, distillation_loss, diversity_loss
@@ -61,6 +63,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--gens", default="runs/recipe/gens.pt", help="generator weights: written by gen, read by distill")
     p.add_argument("--gen-ids", default="0,1,2,3,4", help="which generators gen trains (seeds 1000 + id)")
     p.add_argument("--gen-steps", type=int, default=600)
+    p.add_argument("--pool", type=int, default=12800, help="impress: how many data impressions to synthesise")
+    p.add_argument("--inv-steps", type=int, default=200, help="impress: Adam steps on each batch of impressions")
+    p.add_argument("--inv-lr", type=float, default=0.05, help="impress: Adam learning rate on the pixels")
+    p.add_argument("--inv-T", type=float, default=20.0, help="impress: temperature of the teacher's softmax")
+    p.add_argument("--gen-keys", default="", help="distill: only the saved generators whose key matches this regex")
+    p.add_argument("--snapshots", type=int, default=1, help="gen: also save each generator at K evenly spaced steps")
     p.add_argument("--beta", type=float, default=0.0, help="weight of the diversity loss")
     p.add_argument("--act", type=float, default=0.0, help="weight of DAFL's activation loss -mean|features|")
     p.add_argument("--tv", type=float, default=0.0, help="weight of a total-variation prior on the images")
@@ -68,16 +76,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--source", default="kegnet", choices=["kegnet", "mix", "uniform", "normal", "real"])
+    p.add_argument("--source", default="kegnet", choices=["kegnet", "mix", "uniform", "normal", "real", "impress"])
     p.add_argument("--noise-fraction", type=float, default=0.5, help="mix: share of every batch that is U(-1, 1)")
     p.add_argument("--labels", default="uniform", choices=["uniform", "onehot"], help="labels fed to generators")
     p.add_argument("--adv", type=float, default=0.0)
     p.add_argument("--adv-lr", type=float, default=1e-4)
     p.add_argument("--mine", type=int, default=1)
     p.add_argument("--T", type=float, default=1.0)
+    p.add_argument("--kd", default="kl", choices=["kl", "l1", "mse"], help="distillation loss: KL at --T, or on logits")
     p.add_argument("--mixup", type=float, default=0.0, help="Beta(A, A) mixing of the batch's samples; 0: off")
     p.add_argument("--shift", type=float, default=0.0, help="random translation of each sample, up to P pixels")
     p.add_argument("--rotate", type=float, default=0.0, help="random rotation of each sample, up to D degrees")
+    p.add_argument("--feat", type=float, default=0.0, help="weight of layer-wise feature matching with the teacher")
+    p.add_argument("--freeze", action="store_true", help="train only the compressed layers, keep the teacher's others")
+    p.add_argument("--contrast", type=float, default=0.0, help="scale each sample by up to this factor either way")
+    p.add_argument("--brightness", type=float, default=0.0, help="shift each sample by up to this much either way")
+    p.add_argument("--strokes", type=float, default=0.0, help="share of every batch replaced by random pen strokes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
@@ -103,7 +117,10 @@ def train_generators(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
         gen, dec = build_generator(SHAPE, 10, 10).to(a.device), Decoder(SHAPE, 10, extra_layers=1).to(a.device)
         opt = torch.optim.Adam([*gen.parameters(), *dec.parameters()], lr=1e-3)
         start = time.time()
-        for _ in range(a.gen_steps):
+        every = max(1, a.gen_steps // a.snapshots)
+        for step in range(a.gen_steps):
+            if a.snapshots > 1 and step and step % every == 0:
+                out[f"{g}@{step}"] = {k: v.detach().cpu().clone() for k, v in gen.state_dict().items()}
             y = F.one_hot(torch.randint(10, (256,), device=a.device), 10).float()
             z = torch.randn(256, 10, device=a.device)
             x = gen(y, z)
@@ -130,6 +147,13 @@ def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
     return F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(1)
 
 
+def strokes(n: int, device: str) -> torch.Tensor:
+    """``n`` images of random pen strokes on blank paper at MNIST's normalised levels (:class:`Strokes`)."""
+    source = Strokes(background=-0.4242, ink=2.8215)
+    source.bind(SHAPE, 10)
+    return source.sample(n, torch.Generator().manual_seed(int(torch.randint(2**31, ()))), device)
+
+
 def augment(a: argparse.Namespace, x: torch.Tensor) -> torch.Tensor:
     """``x`` moved by up to ``a.shift`` pixels and turned by up to ``a.rotate`` degrees, then mixed with a shuffled
     copy of itself at ``lam ~ Beta(a.mixup, a.mixup)``, each per sample; ``x`` itself when all three are 0."""
@@ -141,10 +165,40 @@ def augment(a: argparse.Namespace, x: torch.Tensor) -> torch.Tensor:
         theta = torch.stack([torch.stack([cos, -sin, move[:, 0]], 1), torch.stack([sin, cos, move[:, 1]], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    if a.contrast or a.brightness:
+        scale = torch.exp((torch.rand(n, 1, 1, 1, device=x.device) * 2 - 1) * math.log(max(a.contrast, 1.0)))
+        x = x * scale + (torch.rand(n, 1, 1, 1, device=x.device) * 2 - 1) * a.brightness
     if a.mixup:
         lam = torch.distributions.Beta(a.mixup, a.mixup).sample((n, 1, 1, 1)).to(x.device)
         x = lam * x + (1 - lam) * x[torch.randperm(n, device=x.device)]
     return x
+
+
+def impressions(a: argparse.Namespace, teacher: torch.nn.Module) -> torch.Tensor:
+    """Data impressions (Nayak et al., ICML 2019): pixels optimised so that the teacher's softmax at ``--inv-T``
+    matches soft targets drawn from a Dirichlet whose concentration is beta times the class similarity that the
+    teacher's last layer holds (beta 1 and 0.1 for half the pool each)."""
+    w = teacher.fc2.weight
+    w = w / w.norm(dim=1, keepdim=True)
+    sim = w @ w.T
+    sim = (sim - sim.min(1, keepdim=True).values) / (sim.max(1, keepdim=True).values - sim.min(1, keepdim=True).values)
+    sim = sim.clamp_min(1e-3)
+    out, start, batch = [], time.time(), 512
+    for i in range(0, a.pool, batch):
+        n = min(batch, a.pool - i)
+        k = torch.randint(10, (n,), device=a.device)
+        beta = torch.where(torch.arange(n, device=a.device) % 2 == 0, 1.0, 0.1)[:, None]
+        y = torch.distributions.Dirichlet(beta * sim[k]).sample()
+        x = (torch.rand(n, *SHAPE, device=a.device) * 2 - 1).requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=a.inv_lr)
+        for _ in range(a.inv_steps):
+            loss = -(y * F.log_softmax(teacher(x) / a.inv_T, 1)).sum(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out.append(x.detach())
+        print(f"  impressions {i + n}/{a.pool}: loss {loss.item():.4f}, {time.time() - start:.0f} s", flush=True)
+    return torch.cat(out)
 
 
 def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
@@ -152,10 +206,14 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
     test_x, test_y = mnist(a.data, "test")
     val_x, val_y = mnist(a.data, "val")
     real = mnist(a.data, "train")[0].to(dev) if a.source == "real" else None
+    if a.source == "impress":
+        real = impressions(a, teacher)
     gens = []
     if a.source in ("kegnet", "mix"):
         for path in a.gens.split(","):
-            for state in torch.load(path, map_location="cpu").values():
+            for key, state in torch.load(path, map_location="cpu").items():
+                if a.gen_keys and not re.fullmatch(a.gen_keys, str(key)):
+                    continue
                 gen = build_generator(SHAPE, 10, 10)
                 gen.load_state_dict(state)
                 gens.append(gen.eval().to(dev))
@@ -167,13 +225,21 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
     spec = json.loads(a.student) if a.student.startswith("{") else a.student
     student, report = compress_with_report(copy.deepcopy(teacher), spec)
     student.to(dev)
-    for q in student.parameters():
-        q.requires_grad_(True)
-    opt = torch.optim.Adam(student.parameters(), lr=a.lr)
+    for module in student.children():
+        module.requires_grad_(not a.freeze or isinstance(module, torch.nn.Sequential))
+    opt = torch.optim.Adam([q for q in student.parameters() if q.requires_grad], lr=a.lr)
+    layers = [name for name, _ in teacher.named_children()][:-1]  # every layer but the head (the logits' own)
+    feats: dict[str, dict[str, torch.Tensor]] = {"s": {}, "t": {}}
+    if a.feat:
+        for key, net in (("s", student), ("t", teacher)):
+            for name in layers:
+                getattr(net, name).register_forward_hook(
+                    lambda _m, _i, out, key=key, name=name: feats[key].__setitem__(name, out)
+                )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / a.steps)))
 
     def draw(n: int, grad: bool = False):
-        if a.source == "real":
+        if a.source in ("real", "impress"):
             return real[torch.randint(len(real), (n,), device=dev)], None
         if a.source == "uniform":
             return torch.rand(n, *SHAPE, device=dev) * 2 - 1, None
@@ -206,6 +272,14 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
         student.train()
         return hits / len(images)
 
+    def per_class() -> list[float]:
+        student.eval()
+        with torch.no_grad():
+            batches = range(0, len(test_x), 1000)
+            pred = torch.cat([student(test_x[i : i + 1000].to(dev)).argmax(1).cpu() for i in batches])
+        student.train()
+        return [round((pred[test_y == c] == c).float().mean().item(), 4) for c in range(10)]
+
     tucker = accuracy()
     start = time.time()
     for step in range(a.steps):
@@ -216,13 +290,27 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
             gen_opt.zero_grad()
             gen_loss.backward()
             gen_opt.step()
-        x = augment(a, draw(a.batch * a.mine)[0].detach())
+        x = draw(a.batch * a.mine)[0].detach()
+        if a.strokes:
+            m = int(len(x) * a.strokes)
+            x = torch.cat([x[: len(x) - m], strokes(m, dev)])
+        x = augment(a, x)
         if a.mine > 1:
             with torch.no_grad():
                 x = x[per_sample_kl(student(x), teacher(x)).topk(a.batch).indices]
         with torch.no_grad():
             t = teacher(x)
-        loss = distillation_loss(student(x), t, a.T)
+        s_logits = student(x)
+        if a.kd == "kl":
+            loss = distillation_loss(s_logits, t, a.T)
+        elif a.kd == "l1":
+            loss = F.l1_loss(s_logits, t)
+        else:
+            loss = F.mse_loss(s_logits, t)
+        if a.feat:
+            loss = loss + a.feat * sum(
+                F.mse_loss(feats["s"][n], feats["t"][n]) / feats["t"][n].pow(2).mean().clamp_min(1e-8) for n in layers
+            )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -235,6 +323,7 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
         "tucker": tucker,
         "val": accuracy(val_x, val_y),
         "acc": accuracy(),
+        "per_class": per_class(),
         "seconds": round(time.time() - start, 1),
     }
     print(json.dumps(result), flush=True)
