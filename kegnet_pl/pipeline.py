@@ -1,10 +1,11 @@
 """``kegnet-pipeline``: the whole data-free pipeline in one command, built on the ``kegnet`` stages.
 
 For every seed it trains the generators, then every requested student from the generators' samples (``kegnet``)
-and from the noise baselines (``uniform``, ``normal``), evaluates each on real test data, and writes into one
-run folder. Other data-free methods run beside KegNet as stages of their own (``methods: [kegnet, dafl, dfad]``):
-each is a ``kegnet`` config (``method_configs``) whose model is a StudentModule that trains its own inputs (DAFL,
-DFAD), given the pipeline's teacher, seed and student preset; the generator stage runs only for ``kegnet``::
+and from the noise baselines (``uniform``, ``normal``, ``strokes``), evaluates each on real test data, and writes
+into one run folder. Other data-free methods run beside KegNet as stages of their own
+(``methods: [kegnet, dafl, dfad]``): each is a ``kegnet`` config (``method_configs``) whose model is a StudentModule
+that trains its own inputs (DAFL, DFAD), given the pipeline's teacher, seed and student preset; the generator stage
+runs only for ``kegnet``::
 
     <out>/seed<S>/<stage>/config.yaml      the stage's full config: `kegnet fit --config` reruns it exactly
     <out>/seed<S>/<stage>/stage.log        what the stage printed
@@ -53,13 +54,14 @@ PAYOFF = "payoff.json"
 #: seconds per latency measurement (3 rounds, 2 batch sizes): the teacher and 3 LeNet5 students took 10 to 12 s on
 #: 2 busy CPU cores, mostly Timer's calibration (a shorter time saved nothing)
 PAYOFF_MIN_RUN_TIME = 0.1
-BASELINES = ("uniform", "normal")
+BASELINES = ("uniform", "normal", "strokes")
 #: the table's names of the rows; a method without one is shown as ``+<name>``
 NAMES = {
     "teacher": "Teacher",
     "tucker": "Tucker only",
     "uniform": "+Uniform",
     "normal": "+Gaussian",
+    "strokes": "+Strokes",
     "kegnet": "+KegNet",
     "dafl": "+DAFL",
     "dfad": "+DFAD",
@@ -222,8 +224,10 @@ class Progress:
         threads: int | None,
         echo: Callable[[str], Any] = print,
         now: Callable[[], float] = time.monotonic,
+        alone_threads: int | None = None,
     ) -> None:
         self.kinds, self.jobs, self.threads, self.echo, self.now = kinds, jobs, threads, echo, now
+        self.alone_threads = alone_threads
         self.begin = now()
         self.numbers: dict[Path, int] = {}  # stage k of n, in the order they started
         self.running: dict[Path, float] = {}  # when each stage running began
@@ -273,6 +277,8 @@ class Progress:
         if self.finished_before:
             ran += f" ({self.finished_before} finished before)"
         threads = "" if self.threads is None else f" of {self.threads} torch thread(s)"
+        if self.threads is not None and self.alone_threads not in (None, self.threads):
+            threads += f" ({self.alone_threads} for a stage that ran alone)"
         return f"done: {ran}, up to {self.jobs} at a time{threads}"
 
 
@@ -284,12 +290,12 @@ class Worker:
         command = [sys.executable, "-m", "kegnet_pl.stage", "--worker"]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
-    def run(self, args: list[str], log: Path) -> tuple[int, bool]:
-        """Run ``python -m kegnet_pl.stage <args>``, its output appended to ``log``: its exit status, and whether
-        this worker can run another stage."""
+    def run(self, args: list[str], log: Path, threads: int | None = None) -> tuple[int, bool]:
+        """Run ``python -m kegnet_pl.stage <args>``, its output appended to ``log``, on ``threads`` torch threads
+        (``None``: the worker's own count): its exit status, and whether this worker can run another stage."""
         assert self.process.stdin is not None and self.process.stdout is not None
         try:
-            self.process.stdin.write(json.dumps({"args": args, "log": str(log)}) + "\n")
+            self.process.stdin.write(json.dumps({"args": args, "log": str(log), "threads": threads}) + "\n")
             self.process.stdin.flush()
             reply = self.process.stdout.readline()
         except BrokenPipeError:
@@ -345,6 +351,9 @@ class Pipeline:
         self._idle: queue.SimpleQueue[Worker] = queue.SimpleQueue()  # workers waiting for a stage
         self._workers: list[Worker] = []
         self.threads = threads if threads is not None else (max(1, cpu_cores() // jobs) if jobs > 1 else None)
+        # A stage that starts when nothing runs and nothing else can start stays alone until it ends (others wait for
+        # it): it gets every core, unless the user fixed the thread count (--threads).
+        self.alone_threads = cpu_cores() if threads is None and jobs > 1 else self.threads
         self.methods = list(methods)
         method_configs, method_args = dict(method_configs or {}), dict(method_args or {})
         check_methods(self.methods, method_configs, method_args)
@@ -369,7 +378,7 @@ class Pipeline:
         self.echo = echo
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
-            raise ConfigError(f"unknown baselines {unknown}; choose from uniform, normal")
+            raise ConfigError(f"unknown baselines {unknown}; choose from uniform, normal, strokes")
         if not self.students:
             raise ConfigError("give at least one student (e.g. students: [lenet5-s1])")
         self.teacher_args = {**self.teacher, "teacher": self._teacher_file()}
@@ -389,32 +398,33 @@ class Pipeline:
         return teacher
 
     # --- running one stage -------------------------------------------------------------------------
-    def _env(self) -> dict[str, str]:
+    def _env(self, threads: int | None) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.threads is not None:  # torch's intra-op threads: N jobs side by side share the cores
-            env["OMP_NUM_THREADS"] = str(self.threads)
+        if threads is not None:  # torch's intra-op threads: N jobs side by side share the cores
+            env["OMP_NUM_THREADS"] = str(threads)
         return env
 
-    def _kegnet(self, folder: Path, module: str, args: list[str]) -> None:
+    def _kegnet(self, folder: Path, module: str, args: list[str], threads: int | None = None) -> None:
         """``python -m <module> <args>`` (``kegnet_pl.cli``: the ``kegnet`` command, a process of its own;
         ``kegnet_pl.stage``: fit then test, or test, run by a :class:`Worker`), its output appended to the stage's log
         after a ``$`` line that reruns it exactly."""
         command = [sys.executable, "-m", module, *args]
-        shown = " ".join(command) if self.threads is None else f"OMP_NUM_THREADS={self.threads} {' '.join(command)}"
+        shown = " ".join(command) if threads is None else f"OMP_NUM_THREADS={threads} {' '.join(command)}"
         log = folder / "stage.log"
         with log.open("a") as handle:
             handle.write(f"$ {shown}\n")
         if module == "kegnet_pl.stage":
-            status = self._in_worker(args, log)
+            status = self._in_worker(args, log, threads)
         else:
             with log.open("a") as handle:
-                status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=self._env()).returncode
+                env = self._env(threads)
+                status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env).returncode
         if status != 0:
             tail = [line for line in log.read_text().splitlines() if line.strip()][-5:]
             ends = "\n  ".join(tail)
             raise KegnetError(f"stage {folder} failed (exit {status}); its log {log} ends with:\n  {ends}")
 
-    def _in_worker(self, args: list[str], log: Path) -> int:
+    def _in_worker(self, args: list[str], log: Path, threads: int | None) -> int:
         """Run ``python -m kegnet_pl.stage <args>`` in an idle worker (a new one if none is idle); its exit status."""
         try:
             worker = self._idle.get_nowait()
@@ -422,7 +432,7 @@ class Pipeline:
             worker = self._start_worker()
         if worker.process.poll() is not None:  # it died while idle
             worker = self._start_worker()
-        status, reusable = worker.run(args, log)
+        status, reusable = worker.run(args, log, threads)
         if reusable and status == 0:
             self._idle.put(worker)
         else:
@@ -430,7 +440,7 @@ class Pipeline:
         return status
 
     def _start_worker(self) -> Worker:
-        worker = Worker(self._env())
+        worker = Worker(self._env(self.threads))
         self._workers.append(worker)
         return worker
 
@@ -443,10 +453,13 @@ class Pipeline:
             return "evaluating"
         return "resuming" if (folder / "checkpoints" / "last.ckpt").is_file() else "training"
 
-    def run_stage(self, folder: Path, config: dict[str, Any], extra: list[str], train: bool) -> dict[str, Any]:
-        """Fit (resuming an interrupted run) and test one stage, or return its recorded result. A :class:`Worker`
-        runs it (``kegnet_pl.stage``: fit and test in one process that ran other stages before); with
-        ``separate_test``, a ``kegnet fit`` and a ``kegnet test`` process of its own, as before."""
+    def run_stage(
+        self, folder: Path, config: dict[str, Any], extra: list[str], train: bool, threads: int | None = None
+    ) -> dict[str, Any]:
+        """Fit (resuming an interrupted run) and test one stage on ``threads`` torch threads (``None``: torch's
+        default), or return its recorded result. A :class:`Worker` runs it (``kegnet_pl.stage``: fit and test in one
+        process that ran other stages before); with ``separate_test``, a ``kegnet fit`` and a ``kegnet test`` process
+        of its own, as before."""
         result_path = folder / RESULT
         if result_path.is_file():
             return json.loads(result_path.read_text())
@@ -458,12 +471,12 @@ class Pipeline:
         args = ["--config", str(config_path), *extra]
         fit = ["fit", *args, *(["--ckpt_path", str(last)] if last.is_file() else [])]
         if not self.separate_test:
-            self._kegnet(folder, "kegnet_pl.stage", fit if train else ["test", *args])
+            self._kegnet(folder, "kegnet_pl.stage", fit if train else ["test", *args], threads)
         elif train:
-            self._kegnet(folder, "kegnet_pl.cli", fit)
-            self._kegnet(folder, "kegnet_pl.cli", ["test", *args, "--ckpt_path", str(last)])
+            self._kegnet(folder, "kegnet_pl.cli", fit, threads)
+            self._kegnet(folder, "kegnet_pl.cli", ["test", *args, "--ckpt_path", str(last)], threads)
         else:
-            self._kegnet(folder, "kegnet_pl.cli", ["test", *args])
+            self._kegnet(folder, "kegnet_pl.cli", ["test", *args], threads)
         result = json.loads((folder / METRICS).read_text())
         result["seconds"] = round(time.perf_counter() - start, 1)
         if train:
@@ -495,7 +508,8 @@ class Pipeline:
 
     def run(self) -> Path:
         plan = self.plan()
-        progress = Progress({stage.folder: stage.kind for stage in plan}, self.jobs, self.threads, self.echo)
+        kinds = {stage.folder: stage.kind for stage in plan}
+        progress = Progress(kinds, self.jobs, self.threads, self.echo, alone_threads=self.alone_threads)
         results = self._run_all(plan, progress)
         rows: list[dict[str, Any]] = []
         stages: list[dict[str, Any]] = []
@@ -534,12 +548,16 @@ class Pipeline:
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             while pending or running:
                 ready = [stage for stage in pending if stage.after is None or stage.after in results]
+                alone = not running and len(ready) == 1  # nothing can start beside it before it ends
+                threads = self.alone_threads if alone else self.threads
                 for stage in ready[: self.jobs - len(running)] if failure is None else []:
                     pending.remove(stage)
                     action = self.action(stage.folder, stage.train)
                     log = "" if action.startswith("finished") else f" (log: {stage.folder / 'stage.log'})"
                     progress.started(stage.folder, f"{self._name(stage)}: {action}{log}")
-                    job = pool.submit(self.run_stage, stage.folder, stage.config, stage.extra, stage.train)
+                    job = pool.submit(
+                        self.run_stage, stage.folder, stage.config, stage.extra, stage.train, threads=threads
+                    )
                     running[job] = (stage, action.startswith("finished"))
                 if not running:
                     break
@@ -910,7 +928,8 @@ def run_pipeline(
         student_config: the student stage's kegnet config; its data must carry real eval_data for accuracy.
         out: the run folder; everything is written inside it.
         students: student presets, numbered 1, 2, 3 in this order (e.g. [lenet5-s1, lenet5-s2, lenet5-s3]).
-        baselines: noise baselines trained like the KegNet students: uniform U(-1,1), normal N(0,1).
+        baselines: noise baselines trained like the KegNet students: uniform U(-1,1), normal N(0,1), strokes (random
+            pen strokes on blank paper; the student config sets ``model.init_args.strokes``).
         seeds: one full pipeline per seed; the table gives mean ± std over seeds.
         generator_args: extra ``kegnet fit`` arguments of the generator stage (e.g. [--trainer.max_epochs, "3"]).
         student_args: extra ``kegnet fit`` arguments of every student stage of KegNet, Tucker only and the baselines.

@@ -9,8 +9,9 @@ ordinary ``kegnet test``: it seeds everything again and rebuilds the model from 
 those of a ``kegnet test`` process of its own.
 
 ``python -m kegnet_pl.stage --worker`` imports Python, torch and Lightning once (several seconds of CPU on a small
-machine) and then runs one stage per line of its standard input (``{"args": [...], "log": path}``: the arguments
-above, and the file its output is appended to), answering each with a line ``{"exit": status}``. Each stage runs as
+machine) and then runs one stage per line of its standard input (``{"args": [...], "log": path, "threads": n}``:
+the arguments above, the file its output is appended to, and the torch threads to run it on, ``null`` for as they
+are), answering each with a line ``{"exit": status}``. Each stage runs as
 its own command would: the command line and environment variables are those of ``python -m kegnet_pl.stage ARGS``
 while it runs (Lightning's DDP launcher starts the other ranks with that command) and are put back afterwards. A
 worker in which a stage left a distributed process group exits after it.
@@ -57,11 +58,14 @@ def run(words: Sequence[str]) -> None:
         kegnet(arguments_to_test(words[1:]))
 
 
-def run_logged(words: list[str], log: str) -> int:
-    """:func:`run` with its output appended to ``log``, the command line and environment of its own process;
-    its exit status."""
-    argv, environ = sys.argv, dict(os.environ)
+def run_logged(words: list[str], log: str, threads: int | None = None) -> int:
+    """:func:`run` with its output appended to ``log``, the command line and environment of its own process, on
+    ``threads`` torch threads (``None``: as they are); its exit status."""
+    argv, environ, before = sys.argv, dict(os.environ), torch.get_num_threads()
     sys.argv = [sys.argv[0], *words]
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -86,6 +90,8 @@ def run_logged(words: list[str], log: str) -> int:
             sys.argv = argv
             os.environ.clear()
             os.environ.update(environ)
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
     return status
 
 
@@ -97,7 +103,7 @@ def worker() -> None:
 
     for line in sys.stdin:
         request = json.loads(line)
-        status = run_logged(request["args"], request["log"])
+        status = run_logged(request["args"], request["log"], request.get("threads"))
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         replies.write(json.dumps({"exit": status, "retired": distributed}) + "\n")
         if distributed:  # a process group cannot be set up again in this process

@@ -96,11 +96,12 @@ RESULT = {"test/acc": 0.9, "test/teacher_acc": 0.99, "params": 10, "teacher_para
 def fake_stages(monkeypatch):
     """Pipeline.run_stage replaced by a short wait that records when each stage ran; a stage named in ``failing``
     raises."""
-    record = {"spans": {}, "running": 0, "most": 0, "failing": set()}
+    record = {"spans": {}, "running": 0, "most": 0, "failing": set(), "threads": {}}
     lock = threading.Lock()
 
-    def fake_stage(self, folder, config, extra, train):
+    def fake_stage(self, folder, config, extra, train, threads=None):
         name = str(folder.relative_to(self.out))
+        record["threads"][name] = threads
         with lock:
             record["running"] += 1
             record["most"] = max(record["most"], record["running"])
@@ -140,6 +141,20 @@ def test_jobs_run_stages_side_by_side_after_what_they_need(tmp_path, fake_stages
     rows = json.loads((tmp_path / "run" / "results.json").read_text())
     methods = ["teacher", "tucker", "kegnet", "dfad", "uniform"]
     assert [(r["seed"], r["method"]) for r in rows] == [(s, m) for s in (0, 1) for m in methods]  # the table's order
+
+
+def test_a_stage_that_runs_alone_gets_every_core_and_the_others_share_them(tmp_path, fake_stages, monkeypatch, capsys):
+    monkeypatch.setattr("kegnet_pl.pipeline.cpu_cores", lambda: 4)
+    config = write_config(tmp_path, baselines=["uniform", "normal"])  # one seed: generators, then 4 that need them
+    main(["--config", str(config), "--jobs", "2"])
+    assert fake_stages["threads"] == {
+        "seed0/generator": 4,  # nothing can start beside it: every core
+        **{f"seed0/student1-{source}": 2 for source in ("tucker", "kegnet", "uniform", "normal")},  # two by two
+    }
+    assert "up to 2 at a time of 2 torch thread(s) (4 for a stage that ran alone)" in capsys.readouterr().out
+    fixed = write_config(tmp_path / "fixed", baselines=["uniform", "normal"])
+    main(["--config", str(fixed), "--jobs", "2", "--threads", "1"])
+    assert set(fake_stages["threads"].values()) == {1}  # --threads fixes every stage's count
 
 
 def test_one_job_runs_the_stages_in_the_tables_order(tmp_path, fake_stages, capsys):
@@ -225,3 +240,17 @@ def test_a_worker_runs_stage_after_stage_and_reports_each_exit(tmp_path):
         assert status != 0 and not reusable
     finally:
         worker.close()
+
+
+def test_a_worker_runs_a_stage_on_the_threads_it_is_given_and_puts_its_own_back(tmp_path, monkeypatch):
+    import torch
+
+    from kegnet_pl import stage
+
+    seen = []
+    monkeypatch.setattr(stage, "run", lambda _: seen.append((torch.get_num_threads(), os.environ["OMP_NUM_THREADS"])))
+    before = torch.get_num_threads()
+    wanted = before + 1
+    assert stage.run_logged(["fit"], str(tmp_path / "log"), threads=wanted) == 0
+    assert seen == [(wanted, str(wanted))]
+    assert torch.get_num_threads() == before and os.environ.get("OMP_NUM_THREADS") != str(wanted)
