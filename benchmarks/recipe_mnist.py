@@ -28,7 +28,11 @@ student's errors; ``--mixup A`` trains on convex mixtures ``lam * x_i + (1 - lam
 (``lam ~ Beta(A, A)`` per sample, the teacher labelling each mixture); ``--shift P`` / ``--rotate D`` move each
 sample by up to P pixels / turn it by up to D degrees (border values fill the edges). Every line also holds ``val``,
 the accuracy on the 5,000 training images held out as the teacher's validation split: recipe choices are read from
-``val``, and ``acc`` (the 10,000 test images) only scores them. ``--device cuda`` runs on a GPU. Needs ``make data``.
+``val``, and ``acc`` (the 10,000 test images) only scores them; ``per_class`` holds the test accuracy per digit.
+``--strokes F`` replaces that share of every batch by random pen strokes (:class:`kegnet_pl.data.sources.Strokes`);
+``--feat``, ``--freeze``, ``--kd``, ``--contrast``/``--brightness``, ``--source impress`` and ``gen --snapshots`` are
+the other changes measured in the README ("What the students miss"). ``--device cuda`` runs on a GPU. Needs
+``make data``.
 """
 
 from __future__ import annotations

@@ -313,13 +313,15 @@ class Strokes(SampleSource):
     """Images of a few random straight pen strokes on blank paper: a drawn prior, no image of any dataset.
 
     Each image holds 1 to ``max_strokes`` line segments whose end points fall in the middle ``span`` of the image
-    (uniformly), each ``width`` pixels wide (uniform in the given range) with a one-pixel soft edge, in ``ink`` on a
-    flat ``background`` (every channel alike). ``background`` and ``ink`` are input values *after* the teacher's
-    normalisation: for MNIST's (0.1307, 0.3081), blank paper 0 is -0.4242 and full ink 1 is 2.8215.
+    (uniformly), in ``ink`` on a flat ``background`` (every channel alike). A pixel at distance ``d`` from a
+    segment takes the share ``min(1, max(0, 1 + w - d))`` of full ink, with ``w`` drawn per stroke from ``width``:
+    a stroke is ``2w + 1`` pixels wide at half ink (2 to 4 by default). ``background`` and ``ink`` are input values
+    *after* the teacher's normalisation: for MNIST's (0.1307, 0.3081), blank paper 0 is -0.4242 and full ink 1 is
+    2.8215.
 
-    Why it exists: on full MNIST with the 99.31% teacher, every student distilled from U(-1, 1) or N(0, 1) noise or
-    from KegNet's generators misses nearly every real "1" (0 to 2% of them; the nine other digits 85 to 99%), and
-    that one class is most of the gap to the real-data ceiling; strokes give the student thin marks on a flat
+    Why it exists: on full MNIST with the 99.31% teacher, the most compressed student distilled from U(-1, 1) noise
+    or from KegNet's generators misses nearly every real "1" (0 to 2% of them; the nine other digits 82 to 99%), and
+    that one class is most of its gap to the real-data ceiling; strokes give the student thin marks on a flat
     background, which none of those sources do (README, "What the students miss").
     """
 
@@ -336,7 +338,7 @@ class Strokes(SampleSource):
             background: the input value of blank paper (after normalisation).
             ink: the input value of a full stroke (after normalisation).
             max_strokes: each image draws 1 to this many strokes (uniformly).
-            width: the range of a stroke's half-width beyond its one-pixel soft edge, in pixels.
+            width: the range of ``w``, a stroke's half-width of full ink in pixels (a one-pixel soft edge follows).
             span: where end points fall, as fractions of the image's height and width.
         """
         super().__init__()
