@@ -189,7 +189,7 @@ def test_pipeline_measures_the_payoff_once_and_latency_threads_0_leaves_latency_
 
     from kegnet_pl.pipeline import Pipeline, main
 
-    def fake_stage(self, folder, config, extra, train):
+    def fake_stage(self, folder, config, extra, train, threads=None):
         return {"test/acc": 0.9, "test/teacher_acc": 0.97, "params": 20_000, "teacher_params": 61_706,
                 "compression_ratio": 3.0, "seconds": 1.0}  # fmt: skip
 

@@ -127,7 +127,7 @@ def test_a_users_teacher_reaches_the_generator_stage_without_editing_yaml(tmp_pa
 
     seen = {}
 
-    def fake_stage(self, folder, config, extra, train):
+    def fake_stage(self, folder, config, extra, train, threads=None):
         seen[folder.name] = config
         return {
             "test/acc": 0.9,

@@ -240,7 +240,7 @@ def test_a_teacher_file_is_not_a_generator_checkpoint():
 
 
 def test_bad_settings(generator_ckpt):
-    with pytest.raises(ConfigError, match="or 'kegnet', 'uniform' or 'normal', got 'gauss'"):
+    with pytest.raises(ConfigError, match="or 'kegnet', 'uniform', 'normal' or 'strokes', got 'gauss'"):
         StudentModule(generators=generator_ckpt, source="gauss")
     with pytest.raises(ConfigError, match="use_generators=\\[5\\] must name generators 0..1"):
         StudentModule(generators=generator_ckpt, use_generators=[5])
