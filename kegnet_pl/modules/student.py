@@ -245,10 +245,11 @@ class StudentModule(TeacherStage):
             inner: SampleSource = KegnetGenerators(generators, hp.label_distribution, hp.use_generators, spec)
             fraction = float(hp.get("noise_fraction") or 0.0)
             drawn = float(hp.get("strokes_fraction") or 0.0)
-            parts = [(inner, 1.0 - fraction - drawn), (UniformNoise(), fraction)]
+            parts = [(inner, 1.0 - fraction - drawn)]  # the checks above keep the generators' share positive
+            if fraction > 0:
+                parts.append((UniformNoise(), fraction))
             if drawn > 0:
                 parts.append((self._strokes(), drawn))
-            parts = [(part, share) for part, share in parts if share > 0]
             if len(parts) > 1:
                 inner = Mixture([part for part, _ in parts], [share for _, share in parts])
         elif name == "strokes":
