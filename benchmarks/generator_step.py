@@ -9,8 +9,8 @@ Measures on the CPU, our :func:`kegnet_pl.losses.diversity_loss` against the rel
     loss = l_cls + alpha * l_dec + beta * l_div with alpha = beta = 1, one Adam step over the generator and
     decoder parameters), for 1 generator and for 5 independent generator-decoder pairs (each with its own batch,
     backward per pair, one optimiser step), the 5 pairs also vectorised as ``GeneratorModule(vectorize=True)``
-    runs them (generators and decoders vmapped by :func:`kegnet_pl.nets.ensemble.call_stacked`, the teacher once
-    on all 5 batches, one backward), and for reference 1 generator without the diversity term;
+    runs them (the same function, :func:`kegnet_pl.nets.ensemble.call_pairs`: generators and decoders vmapped,
+    the teacher once on all 5 batches, one backward), and for reference 1 generator without the diversity term;
 (c) the peak memory of one such step: each configuration runs in a fresh subprocess that reports its peak
     resident set size during the step (``VmHWM``, reset just before) minus its resident size before the step.
 
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from kegnet_pl.losses import classification_loss, decoder_loss, diversity_loss, naive_diversity_loss
 from kegnet_pl.nets.classifiers import LeNet5
-from kegnet_pl.nets.ensemble import call_stacked
+from kegnet_pl.nets.ensemble import call_pairs
 from kegnet_pl.nets.generators import Decoder, ImageGenerator
 
 SHAPE = (1, 32, 32)  # MNIST resized to 32x32, the LeNet5 teacher's input
@@ -87,9 +87,7 @@ def make_step(
         optimizer.zero_grad(set_to_none=True)
         y = F.one_hot(torch.randint(NUM_CLASSES, (generators, batch_size)), NUM_CLASSES).float()
         z = torch.randn(generators, batch_size, NOISE_DIM)
-        x = call_stacked([generator for generator, _ in pairs], y, z)
-        logits = teacher(x.flatten(0, 1)).unflatten(0, x.shape[:2])  # eval mode: one call on every pair's batch
-        z_hat = call_stacked([decoder for _, decoder in pairs], x)
+        x, logits, z_hat = call_pairs([g for g, _ in pairs], [d for _, d in pairs], teacher, y, z)  # as GeneratorModule
         total = torch.zeros(())
         for g in range(generators):  # the losses per pair, as GeneratorModule computes them
             value = classification_loss(logits[g], y[g]) + ALPHA * decoder_loss(z_hat[g], z[g])

@@ -15,7 +15,7 @@ from kegnet_pl.errors import ConfigError
 from kegnet_pl.loading import save_classifier
 from kegnet_pl.modules import GeneratorModule
 from kegnet_pl.nets import ResNet14
-from kegnet_pl.nets.ensemble import call_stacked
+from kegnet_pl.nets.ensemble import call_pairs, call_stacked
 from kegnet_pl.nets.generators import Decoder, ImageGenerator, TabularGenerator
 
 #: float64 throughout: in float32 the batched kernels round differently from the loop's by up to 1e-4 in the
@@ -86,6 +86,23 @@ def test_call_stacked_refuses_what_one_call_cannot_stand_for():
         call_stacked([])
 
 
+@pytest.mark.parametrize("per_batch", [False, True])
+def test_call_pairs_gives_each_pair_its_samples_teacher_logits_and_decoded_noise(per_batch):
+    generators, (y, z) = _nets("image", 3)
+    torch.manual_seed(1)
+    decoders = [Decoder((2, 32, 32), 4, units=9, extra_layers=1).double() for _ in range(3)]
+    # a teacher with BatchNorm: in train mode its logits depend on which samples share its batch
+    teacher = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.LazyLinear(10)).double()
+    teacher(torch.zeros(2, 2, 32, 32, dtype=torch.float64))
+    teacher.train(per_batch)
+    x, logits, z_hat = call_pairs(generators, decoders, teacher, y, z, teacher_per_batch=per_batch)
+    assert x.shape == (3, 6, 2, 32, 32) and logits.shape == (3, 6, 10) and z_hat.shape == (3, 6, 4)
+    for g in range(3):
+        torch.testing.assert_close(x[g], generators[g](y[g], z[g]), **TOL)
+        torch.testing.assert_close(logits[g], teacher(x[g]), **TOL)
+        torch.testing.assert_close(z_hat[g], decoders[g](x[g]), **TOL)
+
+
 def _module(teacher: str | None, vectorize: bool, **kwargs) -> GeneratorModule:
     model = GeneratorModule(teacher=teacher, n_generators=3, beta=1.0, decoder_layers=2, vectorize=vectorize, **kwargs)
     return model.double()
@@ -103,7 +120,7 @@ def _batch(model: GeneratorModule, batch_size: int = 5) -> dict[str, torch.Tenso
 )
 def test_vectorised_step_has_the_losses_gradients_and_statistics_of_the_loop(case, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(generator_module, "call_stacked", lambda *a: calls.append(1) or call_stacked(*a))
+    monkeypatch.setattr(generator_module, "call_pairs", lambda *a: calls.append(1) or call_pairs(*a))
     batchnorm = "train" if "train mode" in case else "eval"
     if case.startswith("image"):  # ResNet14 holds BatchNorm: in train mode its statistics are per generator
         teacher, extra = str(save_classifier(ResNet14((1, 32, 32)), tmp_path / "t.ckpt", "resnet14")), {}
@@ -120,7 +137,7 @@ def test_vectorised_step_has_the_losses_gradients_and_statistics_of_the_loop(cas
         torch.manual_seed(2)
         totals[vectorize] = model.training_step(batch, 0)
         totals[vectorize].backward()
-    assert len(calls) == 4  # generators and decoders, in pair_outputs and in the step: the vmapped path ran
+    assert len(calls) == 2  # in pair_outputs and in the step: the vmapped path ran
     torch.testing.assert_close(totals[True], totals[False], **TOL)
     for g, (pair, reference) in enumerate(zip(outputs[True], outputs[False], strict=True)):
         for name, a, b in zip(("samples", "logits", "decoded"), pair, reference, strict=True):
@@ -148,14 +165,14 @@ def test_fit_vectorised_ends_with_the_weights_of_the_loop(tmp_path, monkeypatch)
     """Three optimiser steps in float64: in float32 Adam would blow the rounding noise of gradients that are zero
     in exact arithmetic (a bias before BatchNorm) up to steps of about lr, different in the two runs."""
     calls = []
-    monkeypatch.setattr(generator_module, "call_stacked", lambda *a: calls.append(1) or call_stacked(*a))
+    monkeypatch.setattr(generator_module, "call_pairs", lambda *a: calls.append(1) or call_pairs(*a))
     states = []
     for vectorize in (False, True):
         model = GeneratorModule(teacher=TEACHER, n_generators=2, beta=1.0, vectorize=vectorize)
         data = DoubleNoise(batch_size=8, batches_per_epoch=3, **model.noise_settings())
         quiet_trainer(tmp_path / str(vectorize), max_steps=3, precision="64-true").fit(model, data)
         states.append(model.state_dict())
-        assert len(calls) == (6 if vectorize else 0)  # generators and decoders in each of 3 steps, vmapped
+        assert len(calls) == (3 if vectorize else 0)  # once in each of the 3 steps: the vmapped path ran
     assert any(k.startswith("generators.1.") for k in states[1])
     initial = GeneratorModule(teacher=TEACHER, n_generators=2).state_dict()
     assert not torch.equal(states[1]["generators.1.fc.0.weight"], initial["generators.1.fc.0.weight"].double())

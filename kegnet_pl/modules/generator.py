@@ -7,7 +7,7 @@ that the teacher classifies as y, that the decoder maps back to z, and that diff
 
 The pairs start from different initialisations and see independent noise streams; their losses are summed
 into one optimiser step, which trains each pair exactly as if it were trained alone. ``vectorize=True`` runs the
-pairs as one batched computation (:func:`kegnet_pl.nets.ensemble.call_stacked`) instead of one after another,
+pairs as one batched computation (:func:`kegnet_pl.nets.ensemble.call_pairs`) instead of one after another,
 with the same losses, gradients and BatchNorm statistics up to rounding.
 """
 
@@ -24,7 +24,7 @@ from kegnet_pl.errors import ConfigError
 from kegnet_pl.losses import classification_loss, decoder_loss, diversity_loss
 from kegnet_pl.modules.base import TeacherStage, load_teacher
 from kegnet_pl.modules.checks import check_finite
-from kegnet_pl.nets.ensemble import call_stacked
+from kegnet_pl.nets.ensemble import call_pairs
 from kegnet_pl.nets.generators import Decoder, build_generator
 
 
@@ -167,12 +167,9 @@ class GeneratorModule(TeacherStage):
                 x = generator(y, z)
                 yield x, self.teacher(x), decoder(x)
             return
-        x = call_stacked(list(self.generators), labels, noise)
-        if self.teacher.batchnorm_train:  # batch statistics: one generator's batch at a time, as in the loop
-            logits: list[torch.Tensor] | torch.Tensor = [self.teacher(samples) for samples in x]
-        else:  # running statistics: the teacher treats every sample alone, so one call on all of them is the same
-            logits = self.teacher(x.flatten(0, 1)).unflatten(0, x.shape[:2])
-        yield from zip(x, logits, call_stacked(list(self.decoders), x), strict=True)
+        # a teacher with batch statistics sees one generator's batch at a time, as in the loop
+        outputs = call_pairs(self.generators, self.decoders, self.teacher, labels, noise, self.teacher.batchnorm_train)
+        yield from zip(*outputs, strict=True)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         labels, noise = batch["labels"], batch["noise"]

@@ -80,10 +80,33 @@ def call_stacked(modules: Sequence[nn.Module], *inputs: torch.Tensor) -> torch.T
     return out
 
 
+def call_pairs(
+    generators: Sequence[nn.Module],
+    decoders: Sequence[nn.Module],
+    teacher: nn.Module,
+    labels: torch.Tensor,
+    noise: torch.Tensor,
+    teacher_per_batch: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """KegNet's generator-decoder pairs as a few batched calls: per pair g, its samples ``x[g] = G_g(y_g, z_g)``,
+    the teacher's logits on them and the decoder's estimate ``D_g(x[g])`` of ``z_g``, each stacked over the pairs.
+
+    ``labels`` and ``noise`` have shape (pairs, B, ...). The teacher runs once on every pair's samples, which equals
+    a call per pair when it treats every sample alone (eval mode); ``teacher_per_batch=True`` calls it once per
+    pair instead, for a teacher whose BatchNorm uses batch statistics.
+    """
+    x = call_stacked(generators, labels, noise)
+    if teacher_per_batch:
+        logits = torch.stack([teacher(samples) for samples in x])
+    else:
+        logits = teacher(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+    return x, logits, call_stacked(decoders, x)
+
+
 def _columns(modules: Sequence[nn.Module], kind: str) -> dict[str, list[torch.Tensor]]:
     """Per parameter (or buffer) name, the networks' tensors of that name, in the networks' order."""
     rows = [dict(getattr(module, f"named_{kind}")()) for module in modules]
     return {name: [row[name] for row in rows] for name in rows[0]}
 
 
-__all__ = ["call_stacked", "check_same_architecture"]
+__all__ = ["call_pairs", "call_stacked", "check_same_architecture"]
