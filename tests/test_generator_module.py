@@ -1,5 +1,7 @@
 """GeneratorModule: frozen teacher, independent generators, resume, DDP noise, TensorBoard and PNG outputs."""
 
+import copy
+
 import numpy
 import pytest
 import torch
@@ -13,7 +15,9 @@ from kegnet_pl.data import NoiseDataModule
 from kegnet_pl.errors import CheckpointError, ConfigError
 from kegnet_pl.images import CAPTION
 from kegnet_pl.loading import save_classifier
-from kegnet_pl.modules import GeneratorModule
+from kegnet_pl.modules import GeneratorModule, StudentModule
+from kegnet_pl.modules.dafl import DAFLModule
+from kegnet_pl.modules.dfad import DFADModule
 from kegnet_pl.nets import ResNet14
 
 
@@ -187,3 +191,28 @@ def test_grid_samples_leave_the_generators_untouched():
     assert all(torch.equal(before[k], v) for k, v in model.generators.state_dict().items())  # BatchNorm included
     assert all(net.training for net in model.generators)
     assert torch.equal(samples[1], model.grid_samples(columns=3, seed=0)[1])
+
+
+def test_every_stage_trains_at_64_true_precision(tmp_path):
+    """``--trainer.precision 64-true``: the noise batches, the generators' inputs and every source's samples follow
+    the model into float64 (they are drawn after Lightning converts a batch, so each stage converts its own)."""
+    generator = GeneratorModule(teacher=TEACHER, n_generators=2)
+    trainer = quiet_trainer(tmp_path / "gen", max_steps=2, precision="64-true")
+    trainer.fit(generator, NoiseDataModule(batch_size=8, batches_per_epoch=2, **generator.noise_settings()))
+    trainer.save_checkpoint(tmp_path / "gen.ckpt")
+    students = {
+        "kegnet": StudentModule(generators=str(tmp_path / "gen.ckpt"), student="lenet5-s1", noise_fraction=0.5),
+        "uniform": StudentModule(teacher=TEACHER, student="lenet5-s1", source="uniform"),
+        "dfad": DFADModule(teacher=TEACHER, student="lenet5-half"),
+        "dafl": DAFLModule(teacher=TEACHER, student="lenet5-half"),
+    }
+    for name, model in {"generator": generator, **students}.items():
+        if name != "generator":
+            before = copy.deepcopy(model.student.state_dict())
+            data = NoiseDataModule(batch_size=8, batches_per_epoch=2, val_batches=1)
+            quiet_trainer(tmp_path / name, max_steps=2, precision="64-true").fit(model, data)
+            after = model.student.state_dict()
+            assert any(not torch.equal(after[k].float(), v.float()) for k, v in before.items()), name  # it trained
+        weights = [p for p in model.parameters() if p.is_floating_point()]
+        assert weights and all(p.dtype == torch.float64 for p in weights), name
+        assert all(torch.isfinite(p).all() for p in weights), name

@@ -153,14 +153,6 @@ def test_vectorised_step_has_the_losses_gradients_and_statistics_of_the_loop(cas
     assert loop_state[f"generators.2.{counter}.num_batches_tracked"] == 2
 
 
-class DoubleNoise(NoiseDataModule):
-    """Noise batches in float64 (Lightning's ``64-true`` converts the model, not batches drawn after transfer)."""
-
-    def on_before_batch_transfer(self, batch, dataloader_idx):
-        batch = super().on_before_batch_transfer(batch, dataloader_idx)
-        return {key: value.double() if value.is_floating_point() else value for key, value in batch.items()}
-
-
 def test_fit_vectorised_ends_with_the_weights_of_the_loop(tmp_path, monkeypatch):
     """Three optimiser steps in float64: in float32 Adam would blow the rounding noise of gradients that are zero
     in exact arithmetic (a bias before BatchNorm) up to steps of about lr, different in the two runs."""
@@ -169,7 +161,7 @@ def test_fit_vectorised_ends_with_the_weights_of_the_loop(tmp_path, monkeypatch)
     states = []
     for vectorize in (False, True):
         model = GeneratorModule(teacher=TEACHER, n_generators=2, beta=1.0, vectorize=vectorize)
-        data = DoubleNoise(batch_size=8, batches_per_epoch=3, **model.noise_settings())
+        data = NoiseDataModule(batch_size=8, batches_per_epoch=3, **model.noise_settings())
         quiet_trainer(tmp_path / str(vectorize), max_steps=3, precision="64-true").fit(model, data)
         states.append(model.state_dict())
         assert len(calls) == (3 if vectorize else 0)  # once in each of the 3 steps: the vmapped path ran

@@ -277,8 +277,11 @@ class NoiseDataModule(LightningDataModule):
             return batch  # real data, or already sampled
         trainer = self.trainer
         if trainer.training:
-            return self.sample(trainer.current_epoch, trainer.global_rank, int(batch))
-        return self.sample(-1, 0, int(batch))  # the fixed held-out batches, the same on every rank and epoch
+            sampled = self.sample(trainer.current_epoch, trainer.global_rank, int(batch))
+        else:
+            sampled = self.sample(-1, 0, int(batch))  # the fixed held-out batches, the same on every rank and epoch
+        # drawn after Lightning converted the (index) batch to the trainer's precision: convert them too (64-true)
+        return trainer.precision_plugin.convert_input(sampled)
 
 
 def batch_generator(batch: dict[str, torch.Tensor]) -> torch.Generator:

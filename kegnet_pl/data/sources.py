@@ -68,6 +68,15 @@ class SampleSource(nn.Module):
         return self
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the source's own floating tensors (a trained network's; the default dtype when it holds
+        none): what a network source feeds its networks and returns, so that ``64-true`` precision works."""
+        for tensor in [*self.parameters(), *self.buffers()]:
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.get_default_dtype()
+
+    @property
     def trainable(self) -> bool:
         """Whether any parameter of the source trains (then ``sample`` is called with gradients)."""
         return any(p.requires_grad for p in self.parameters())
@@ -210,19 +219,20 @@ class KegnetGenerators(SampleSource):
             )
 
     def sample(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
-        labels = sample_labels(n, self.generator_spec["num_classes"], self.label_distribution, generator).to(device)
-        noise = torch.randn(n, self.noise_dim, generator=generator).to(device)
+        labels = sample_labels(n, self.generator_spec["num_classes"], self.label_distribution, generator)
+        noise = torch.randn(n, self.noise_dim, generator=generator)
+        labels, noise = labels.to(device, self.dtype), noise.to(device, self.dtype)
         return self.generate(labels, noise)
 
     def generate(self, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The samples for given labels and noise: sample ``i`` from generator ``use_generators[i % n]``."""
         n = labels.shape[0]
-        x = torch.empty(n, *self.input_shape, device=labels.device)
+        x = torch.empty(n, *self.input_shape, device=labels.device, dtype=self.dtype)
         which = torch.arange(n, device=labels.device) % len(self.use_generators)
         for slot, g in enumerate(self.use_generators):
             mask = which == slot
             if mask.any():
-                x[mask] = self.generators[g](labels[mask], noise[mask]).float()
+                x[mask] = self.generators[g](labels[mask], noise[mask]).to(x.dtype)  # float32 under autocast
         return x
 
     def spec(self) -> dict[str, Any]:

@@ -110,7 +110,7 @@ class DFADGenerator(SampleSource):
 
     def sample(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
         self._require_bound()
-        z = torch.randn(n, self.noise_dim, generator=generator).to(device)
+        z = torch.randn(n, self.noise_dim, generator=generator).to(device, self.dtype)
         return self.net(z)
 
     def spec(self) -> dict[str, Any]:

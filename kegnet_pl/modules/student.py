@@ -325,7 +325,8 @@ class StudentModule(TeacherStage):
     def _inputs(self, batch: dict[str, torch.Tensor], source: SampleSource) -> torch.Tensor:
         """The inputs of a noise batch: ``size`` samples of ``source`` drawn with the batch's own seed."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and source.trainable):
-            return source.sample(int(batch["size"]), batch_generator(batch), self.device)
+            x = source.sample(int(batch["size"]), batch_generator(batch), self.device)
+        return x.to(self.dtype)  # the noise sources draw float32; a 64-true student is float64
 
     # --- steps -------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
