@@ -29,7 +29,9 @@ student's errors; ``--mixup A`` trains on convex mixtures ``lam * x_i + (1 - lam
 sample by up to P pixels / turn it by up to D degrees (border values fill the edges). Every line also holds ``val``,
 the accuracy on the 5,000 training images held out as the teacher's validation split: recipe choices are read from
 ``val``, and ``acc`` (the 10,000 test images) only scores them; ``per_class`` holds the test accuracy per digit.
-``--strokes F`` replaces that share of every batch by random pen strokes (:class:`kegnet_pl.data.sources.Strokes`);
+``--strokes F`` gives that share of every batch to random pen strokes (:class:`kegnet_pl.data.sources.Strokes`; the
+source fills the rest: ``--source mix --noise-fraction 0.5 --strokes 0.25`` is 37.5% generators, 37.5% U(-1, 1) and
+25% strokes, the pipeline's recipe);
 ``--feat``, ``--freeze``, ``--kd``, ``--contrast``/``--brightness``, ``--source impress`` and ``gen --snapshots`` are
 the other changes measured in the README ("What the students miss"). ``--device cuda`` runs on a GPU. Needs
 ``make data``.
@@ -50,11 +52,12 @@ import torch.nn.functional as F
 
 from kegnet_pl.compression import compress_with_report
 from kegnet_pl.data.noise import sample_labels
-from kegnet_pl.data.sources import Strokes
+from kegnet_pl.data.sources import Strokes, read_generator_checkpoint, strip_prefix
 from kegnet_pl.data.vision import MNISTDataModule
 from kegnet_pl.loading import load_classifier_and_spec
 from kegnet_pl.losses import classification_loss, decoder_loss, distillation_loss, diversity_loss
 from kegnet_pl.nets.generators import Decoder, build_generator
+from kegnet_pl.nets.registry import build_classifier, classifier_names
 
 SHAPE = (1, 32, 32)
 
@@ -64,7 +67,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("cmd", choices=["gen", "distill"])
     p.add_argument("--teacher", default="checkpoints/mnist_lenet5.ckpt")
     p.add_argument("--data", default="data", help="folder holding MNIST/raw (make data)")
-    p.add_argument("--gens", default="runs/recipe/gens.pt", help="generator weights: written by gen, read by distill")
+    p.add_argument(
+        "--gens",
+        default="runs/recipe/gens.pt",
+        help="generator weights: written by gen, read by distill (or a generator stage's last.ckpt)",
+    )
     p.add_argument("--gen-ids", default="0,1,2,3,4", help="which generators gen trains (seeds 1000 + id)")
     p.add_argument("--gen-steps", type=int, default=600)
     p.add_argument("--pool", type=int, default=12800, help="impress: how many data impressions to synthesise")
@@ -76,7 +83,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--beta", type=float, default=0.0, help="weight of the diversity loss")
     p.add_argument("--act", type=float, default=0.0, help="weight of DAFL's activation loss -mean|features|")
     p.add_argument("--tv", type=float, default=0.0, help="weight of a total-variation prior on the images")
-    p.add_argument("--student", default="lenet5-s3", help='a preset or a JSON rank spec, e.g. {"conv3": [11, 7]}')
+    p.add_argument(
+        "--ink",
+        action="store_true",
+        help="gen and distill: the generators draw ink on paper (their standardised output x mapped to background + "
+        "(ink - background) * sigmoid(2x - 3), at MNIST's normalised levels: mostly blank, ink where x is high)",
+    )
+    p.add_argument(
+        "--student",
+        default="lenet5-s3",
+        help='a preset, a JSON rank spec (e.g. {"conv3": [11, 7]}) or a classifier trained from scratch (lenet5-half)',
+    )
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -114,17 +131,29 @@ def mnist(root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
+class InkOnPaper(torch.nn.Module):
+    """``--ink``: a generator's standardised images as ink on blank paper, at MNIST's normalised levels."""
+
+    def __init__(self, generator: torch.nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return -0.4242 + (2.8215 + 0.4242) * torch.sigmoid(2 * self.generator(y, z) - 3)
+
+
 def train_generators(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
     out = {}
     for g in (int(i) for i in a.gen_ids.split(",")):
         torch.manual_seed(1000 + g)
-        gen, dec = build_generator(SHAPE, 10, 10).to(a.device), Decoder(SHAPE, 10, extra_layers=1).to(a.device)
+        net, dec = build_generator(SHAPE, 10, 10).to(a.device), Decoder(SHAPE, 10, extra_layers=1).to(a.device)
+        gen = InkOnPaper(net) if a.ink else net
         opt = torch.optim.Adam([*gen.parameters(), *dec.parameters()], lr=1e-3)
         start = time.time()
         every = max(1, a.gen_steps // a.snapshots)
         for step in range(a.gen_steps):
             if a.snapshots > 1 and step and step % every == 0:
-                out[f"{g}@{step}"] = {k: v.detach().cpu().clone() for k, v in gen.state_dict().items()}
+                out[f"{g}@{step}"] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             y = F.one_hot(torch.randint(10, (256,), device=a.device), 10).float()
             z = torch.randn(256, 10, device=a.device)
             x = gen(y, z)
@@ -141,7 +170,7 @@ def train_generators(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
             loss.backward()
             opt.step()
         print(f"generator {g}: loss {loss.item():.4f}, {time.time() - start:.0f} s", flush=True)
-        out[g] = {k: v.cpu() for k, v in gen.state_dict().items()}
+        out[g] = {k: v.cpu() for k, v in net.state_dict().items()}
     Path(a.gens).parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, a.gens)
 
@@ -205,6 +234,16 @@ def impressions(a: argparse.Namespace, teacher: torch.nn.Module) -> torch.Tensor
     return torch.cat(out)
 
 
+def generator_states(path: str) -> dict[str, dict[str, torch.Tensor]]:
+    """Generator state dicts by key: from ``gen``'s file, or from a ``kegnet fit`` generator checkpoint (``.ckpt``,
+    e.g. a pipeline run's ``seed0/generator/checkpoints/last.ckpt``; keys ``0``, ``1``, ...)."""
+    if not path.endswith(".ckpt"):
+        return torch.load(path, map_location="cpu")
+    loaded = read_generator_checkpoint(path)
+    count = int(loaded["hparams"]["n_generators"])
+    return {str(g): strip_prefix(loaded["state"], f"generators.{g}.") for g in range(count)}
+
+
 def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
     dev = a.device
     test_x, test_y = mnist(a.data, "test")
@@ -215,19 +254,24 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
     gens = []
     if a.source in ("kegnet", "mix"):
         for path in a.gens.split(","):
-            for key, state in torch.load(path, map_location="cpu").items():
+            for key, state in generator_states(path).items():
                 if a.gen_keys and not re.fullmatch(a.gen_keys, str(key)):
                     continue
                 gen = build_generator(SHAPE, 10, 10)
                 gen.load_state_dict(state)
-                gens.append(gen.eval().to(dev))
+                gens.append((InkOnPaper(gen) if a.ink else gen).eval().to(dev))
     gen_opt = None
     if a.adv:
         for gen in gens:
             gen.train()
         gen_opt = torch.optim.Adam([q for gen in gens for q in gen.parameters()], lr=a.adv_lr)
-    spec = json.loads(a.student) if a.student.startswith("{") else a.student
-    student, report = compress_with_report(copy.deepcopy(teacher), spec)
+    if a.student in classifier_names():  # an architecture trained from scratch (lenet5-half), as StudentModule does
+        student = build_classifier(a.student, SHAPE, 10)
+        params = sum(q.numel() for q in student.parameters())
+    else:
+        spec = json.loads(a.student) if a.student.startswith("{") else a.student
+        student, report = compress_with_report(copy.deepcopy(teacher), spec)
+        params = report.params_after
     student.to(dev)
     for module in student.children():
         module.requires_grad_(not a.freeze or isinstance(module, torch.nn.Sequential))
@@ -294,10 +338,11 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
             gen_opt.zero_grad()
             gen_loss.backward()
             gen_opt.step()
-        x = draw(a.batch * a.mine)[0].detach()
-        if a.strokes:
-            m = int(len(x) * a.strokes)
-            x = torch.cat([x[: len(x) - m], strokes(m, dev)])
+        n = a.batch * a.mine
+        m = int(n * a.strokes)  # the strokes' share of the batch; the source (and mix's shares) fill the rest
+        x = draw(n - m)[0].detach()
+        if m:
+            x = torch.cat([x, strokes(m, dev)])
         x = augment(a, x)
         if a.mine > 1:
             with torch.no_grad():
@@ -323,7 +368,7 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
             print(f"  step {step + 1}: loss {loss.item():.4f}, val accuracy {accuracy(val_x, val_y):.4f}", flush=True)
     result = {
         **vars(a),
-        "params": report.params_after,
+        "params": params,
         "tucker": tucker,
         "val": accuracy(val_x, val_y),
         "acc": accuracy(),
