@@ -33,7 +33,8 @@ the accuracy on the 5,000 training images held out as the teacher's validation s
 source fills the rest: ``--source mix --noise-fraction 0.5 --strokes 0.25`` is 37.5% generators, 37.5% U(-1, 1) and
 25% strokes, the pipeline's recipe);
 ``--feat``, ``--freeze``, ``--kd``, ``--contrast``/``--brightness``, ``--source impress`` and ``gen --snapshots`` are
-the other changes measured in the README ("What the students miss"). ``--device cuda`` runs on a GPU. Needs
+the other changes measured in the README ("What the students miss"); ``--ink``, ``--gen-kind strokes`` and ``--mine``
+with strokes those of "What the generators add to pen strokes". ``--device cuda`` runs on a GPU. Needs
 ``make data``.
 """
 
