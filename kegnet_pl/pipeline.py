@@ -1,8 +1,8 @@
 """``kegnet-pipeline``: the whole data-free pipeline in one command, built on the ``kegnet`` stages.
 
 For every seed it trains the generators, then every requested student from the generators' samples (``kegnet``)
-and from the noise baselines (``uniform``, ``normal``, ``strokes``), evaluates each on real test data, and writes
-into one run folder. Other data-free methods run beside KegNet as stages of their own
+and from the baselines (``uniform``, ``normal``, ``strokes``, ``no-generators``), evaluates each on real test data,
+and writes into one run folder. Other data-free methods run beside KegNet as stages of their own
 (``methods: [kegnet, dafl, dfad]``): each is a ``kegnet`` config (``method_configs``) whose model is a StudentModule
 that trains its own inputs (DAFL, DFAD), given the pipeline's teacher, seed and student preset; the generator stage
 runs only for ``kegnet``::
@@ -54,7 +54,7 @@ PAYOFF = "payoff.json"
 #: seconds per latency measurement (3 rounds, 2 batch sizes): the teacher and 3 LeNet5 students took 10 to 12 s on
 #: 2 busy CPU cores, mostly Timer's calibration (a shorter time saved nothing)
 PAYOFF_MIN_RUN_TIME = 0.1
-BASELINES = ("uniform", "normal", "strokes")
+BASELINES = ("uniform", "normal", "strokes", "no-generators")
 #: the table's names of the rows; a method without one is shown as ``+<name>``
 NAMES = {
     "teacher": "Teacher",
@@ -62,6 +62,7 @@ NAMES = {
     "uniform": "+Uniform",
     "normal": "+Gaussian",
     "strokes": "+Strokes",
+    "no-generators": "+KegNet without generators",
     "kegnet": "+KegNet",
     "dafl": "+DAFL",
     "dfad": "+DFAD",
@@ -378,7 +379,7 @@ class Pipeline:
         self.echo = echo
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
-            raise ConfigError(f"unknown baselines {unknown}; choose from uniform, normal, strokes")
+            raise ConfigError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
         if not self.students:
             raise ConfigError("give at least one student (e.g. students: [lenet5-s1])")
         self.teacher_args = {**self.teacher, "teacher": self._teacher_file()}
@@ -929,7 +930,8 @@ def run_pipeline(
         out: the run folder; everything is written inside it.
         students: student presets, numbered 1, 2, 3 in this order (e.g. [lenet5-s1, lenet5-s2, lenet5-s3]).
         baselines: noise baselines trained like the KegNet students: uniform U(-1,1), normal N(0,1), strokes (random
-            pen strokes on blank paper; the student config sets ``model.init_args.strokes``).
+            pen strokes on blank paper; the student config sets ``model.init_args.strokes``), no-generators (the
+            KegNet students' batches with U(-1,1) noise in the generators' place: what the generators add).
         seeds: one full pipeline per seed; the table gives mean ± std over seeds.
         generator_args: extra ``kegnet fit`` arguments of the generator stage (e.g. [--trainer.max_epochs, "3"]).
         student_args: extra ``kegnet fit`` arguments of every student stage of KegNet, Tucker only and the baselines.

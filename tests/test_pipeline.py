@@ -195,7 +195,10 @@ def test_methods_run_side_by_side_with_their_own_budgets(tmp_path):
     ("overrides", "message"),
     [
         ({"methods": ["kegnet", "dafll"]}, "unknown methods ['dafll']; known: kegnet, dfad"),
-        ({"baselines": ["uniform", "stroke"]}, "unknown baselines ['stroke']; choose from uniform, normal, strokes"),
+        (
+            {"baselines": ["uniform", "stroke"]},
+            "unknown baselines ['stroke']; choose from uniform, normal, strokes, no-generators",
+        ),
         ({"methods": ["dfad"], "method_configs": {"dfad": "nope/dfad.yaml"}}, "method_configs.dfad: config file"),
         (
             {"method_args": {"dafl": ["--trainer.max_epochs=1"]}},

@@ -108,6 +108,19 @@ def test_strokes_shorthand_and_share_build_strokes_with_the_given_ink(tmp_path, 
     ) == [2, 2]  # no noise share: generators and strokes only
 
 
+def test_no_generators_gives_the_generators_share_to_uniform_noise(generator_ckpt):
+    """The control of the KegNet mixture: its noise and strokes, U(-1, 1) where the generators' samples were."""
+    shares = {"noise_fraction": 0.375, "strokes_fraction": 0.25, "strokes": PAPER, "pool_size": None}
+    model = StudentModule(generators=generator_ckpt, source="no-generators", **shares)
+    assert [type(s) for s in model.source.sources] == [UniformNoise, Strokes]
+    assert model.source.fractions == [0.75, 0.25] and model.source.counts(8) == [6, 2]
+    assert not any(isinstance(m, KegnetGenerators) for m in model.modules())  # nothing of the generators is used
+    plain = StudentModule(teacher=TEACHER, source="no-generators", noise_fraction=0.5, pool_size=None)
+    assert isinstance(plain.source, UniformNoise)  # without strokes, all of it is noise: the uniform baseline
+    pooled = StudentModule(generators=generator_ckpt, source="no-generators", pool_size=4)
+    assert isinstance(pooled.source, Pool) and pooled.source.size == 4 * 2  # as many samples as KegNet's pool
+
+
 def test_strokes_refuse_a_missing_ink_or_shares_that_leave_no_generator_samples(generator_ckpt):
     with pytest.raises(ConfigError, match="blank paper and full ink"):
         StudentModule(generators=generator_ckpt, source="strokes")
@@ -240,7 +253,7 @@ def test_a_teacher_file_is_not_a_generator_checkpoint():
 
 
 def test_bad_settings(generator_ckpt):
-    with pytest.raises(ConfigError, match="or 'kegnet', 'uniform', 'normal' or 'strokes', got 'gauss'"):
+    with pytest.raises(ConfigError, match="'kegnet', 'uniform', 'normal', 'strokes' or 'no-generators', got 'gauss'"):
         StudentModule(generators=generator_ckpt, source="gauss")
     with pytest.raises(ConfigError, match="use_generators=\\[5\\] must name generators 0..1"):
         StudentModule(generators=generator_ckpt, use_generators=[5])

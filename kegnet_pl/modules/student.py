@@ -54,7 +54,7 @@ from kegnet_pl.modules.base import TeacherStage, load_teacher
 from kegnet_pl.modules.checks import check_data_fits, check_finite, with_lr_schedule
 from kegnet_pl.nets import build_classifier, build_classifier_from_spec, classifier_names
 
-Shorthand = Literal["kegnet", "uniform", "normal", "strokes"]
+Shorthand = Literal["kegnet", "uniform", "normal", "strokes", "no-generators"]
 
 
 class StudentModule(TeacherStage):
@@ -108,8 +108,10 @@ class StudentModule(TeacherStage):
                 or a registered classifier trained from scratch (``lenet5-half``, the DAFL/DFAD student).
             source: what makes the student's inputs: a SampleSource by ``class_path`` (``KegnetGenerators``,
                 ``UniformNoise``, ``NormalNoise``, ``Pool``, your own), or the shorthand ``kegnet`` (the generators
-                of ``generators``), ``uniform`` (U(-1,1)), ``normal`` (N(0,1)) or ``strokes`` (random pen strokes,
-                :class:`~kegnet_pl.data.sources.Strokes` with the ``strokes`` settings).
+                of ``generators``), ``uniform`` (U(-1,1)), ``normal`` (N(0,1)), ``strokes`` (random pen strokes,
+                :class:`~kegnet_pl.data.sources.Strokes` with the ``strokes`` settings) or ``no-generators``: the
+                ``kegnet`` shorthand's batches with the generators' share given to U(-1,1) noise (its noise and
+                strokes shares kept), the control that shows what the generators add.
             label_distribution: shorthand ``kegnet`` only: labels fed to the generators, ``onehot`` (the authors'
                 code) or ``uniform`` unnormalised U(0,1) soft labels (the paper).
             pool_size: shorthands only: samples per generator in a fixed ``Pool`` drawn once (the authors: 6,400);
@@ -124,13 +126,14 @@ class StudentModule(TeacherStage):
                 batches are keyed by the data's seed).
             use_generators: shorthand ``kegnet`` only: which of the checkpoint's generators to sample from (default:
                 all).
-            noise_fraction: shorthand ``kegnet`` only: this share of every batch is U(-1, 1) noise instead of
-                generator samples (a :class:`~kegnet_pl.data.sources.Mixture`); 0 is the paper's KegNet.
+            noise_fraction: shorthands ``kegnet`` and ``no-generators`` only: this share of every batch is U(-1, 1)
+                noise instead of generator samples (a :class:`~kegnet_pl.data.sources.Mixture`); 0 is the paper's
+                KegNet.
             strokes: the settings of :class:`~kegnet_pl.data.sources.Strokes` (``background``, ``ink``, ...) for the
                 ``strokes`` shorthand and ``strokes_fraction``; give the teacher's normalised values of blank paper
                 and full ink (MNIST: ``{background: -0.4242, ink: 2.8215}``).
-            strokes_fraction: shorthand ``kegnet`` only: this share of every batch is pen strokes (``strokes``)
-                instead of generator samples, besides ``noise_fraction``; 0 is the paper's KegNet.
+            strokes_fraction: shorthands ``kegnet`` and ``no-generators`` only: this share of every batch is pen
+                strokes (``strokes``) instead of generator samples, besides ``noise_fraction``; 0 is the paper's KegNet.
             teacher_spec: filled in with the teacher's architecture; leave unset.
             generator_spec: read from checkpoints of earlier versions only; leave unset.
             student_ranks: filled in with the exact ranks chosen for the student; leave unset.
@@ -219,10 +222,10 @@ class StudentModule(TeacherStage):
     ) -> SampleSource:
         """The source a shorthand names, in a ``Pool`` of ``pool_size`` samples per generator unless that is null."""
         hp = self.hparams
-        if name not in ("kegnet", "uniform", "normal", "strokes"):
+        if name not in ("kegnet", "uniform", "normal", "strokes", "no-generators"):
             raise ConfigError(
-                f"StudentModule: source must be a SampleSource (class_path) or 'kegnet', 'uniform', 'normal' or "
-                f"'strokes', got {name!r}"
+                f"StudentModule: source must be a SampleSource (class_path) or 'kegnet', 'uniform', 'normal', "
+                f"'strokes' or 'no-generators', got {name!r}"
             )
         if loaded is not None:
             n_generators = int(loaded["hparams"]["n_generators"])
@@ -252,6 +255,9 @@ class StudentModule(TeacherStage):
                 parts.append((self._strokes(), drawn))
             if len(parts) > 1:
                 inner = Mixture([part for part, _ in parts], [share for _, share in parts])
+        elif name == "no-generators":  # the kegnet mixture, U(-1, 1) noise in the generators' place
+            drawn = float(hp.get("strokes_fraction") or 0.0)
+            inner = UniformNoise() if drawn == 0 else Mixture([UniformNoise(), self._strokes()], [1.0 - drawn, drawn])
         elif name == "strokes":
             inner = self._strokes()
         else:
