@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from kegnet_pl.compression import compress_with_report
 from kegnet_pl.data.noise import sample_labels
-from kegnet_pl.data.sources import Strokes, read_generator_checkpoint, strip_prefix
+from kegnet_pl.data.sources import Strokes, read_generator_checkpoint, segment_distances, strip_prefix
 from kegnet_pl.data.vision import MNISTDataModule
 from kegnet_pl.loading import load_classifier_and_spec
 from kegnet_pl.losses import classification_loss, decoder_loss, distillation_loss, diversity_loss
@@ -61,6 +61,7 @@ from kegnet_pl.nets.generators import Decoder, build_generator
 from kegnet_pl.nets.registry import build_classifier, classifier_names
 
 SHAPE = (1, 32, 32)
+PAPER, INK = -0.4242, 2.8215  # blank paper and full ink after MNIST's normalisation (0.1307, 0.3081)
 
 
 def parse_args() -> argparse.Namespace:
@@ -157,17 +158,10 @@ class StrokeGenerator(torch.nn.Module):
         size = torch.tensor([width - 1.0, height - 1.0], device=y.device)
         ends = (0.15 + 0.7 * torch.sigmoid(p[..., :4])).view(n, self.strokes, 2, 2) * size
         half = 0.5 + torch.sigmoid(p[..., 4])
-        ys, xs = torch.meshgrid(
-            torch.arange(height, device=y.device), torch.arange(width, device=y.device), indexing="ij"
-        )
-        pixels = torch.stack([xs, ys], -1).float()
-        a, b = ends[:, :, None, None, 0], ends[:, :, None, None, 1]
-        along = b - a
-        t = ((pixels - a) * along).sum(-1) / along.pow(2).sum(-1).clamp_min(1e-6)
-        distance = (pixels - (a + t.clamp(0, 1)[..., None] * along)).norm(dim=-1)
+        distance = segment_distances(ends, height, width)
         cover = torch.sigmoid(2 * (half[:, :, None, None] + 0.5 - distance))  # about Strokes' ramp, but smooth
         ink = 1 - (1 - cover).prod(1)  # the union of the strokes
-        return (-0.4242 + (2.8215 + 0.4242) * ink)[:, None]
+        return (PAPER + (INK - PAPER) * ink)[:, None]
 
 
 def make_generator(a: argparse.Namespace) -> torch.nn.Module:
@@ -182,7 +176,7 @@ class InkOnPaper(torch.nn.Module):
         self.generator = generator
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return -0.4242 + (2.8215 + 0.4242) * torch.sigmoid(2 * self.generator(y, z) - 3)
+        return PAPER + (INK - PAPER) * torch.sigmoid(2 * self.generator(y, z) - 3)
 
 
 def train_generators(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
@@ -223,11 +217,13 @@ def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
     return F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(1)
 
 
+STROKES = Strokes(background=PAPER, ink=INK)
+STROKES.bind(SHAPE, 10)
+
+
 def strokes(n: int, device: str) -> torch.Tensor:
     """``n`` images of random pen strokes on blank paper at MNIST's normalised levels (:class:`Strokes`)."""
-    source = Strokes(background=-0.4242, ink=2.8215)
-    source.bind(SHAPE, 10)
-    return source.sample(n, torch.Generator().manual_seed(int(torch.randint(2**31, ()))), device)
+    return STROKES.sample(n, torch.Generator().manual_seed(int(torch.randint(2**31, ()))), device)
 
 
 def augment(a: argparse.Namespace, x: torch.Tensor) -> torch.Tensor:
@@ -353,22 +349,21 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
                 start += m
         return torch.cat(parts), y
 
-    def accuracy(images: torch.Tensor = test_x, labels: torch.Tensor = test_y) -> float:
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        """The student's classes for ``images``, in eval mode, 1,000 at a time."""
         student.eval()
         with torch.no_grad():
-            hits = sum(
-                (student(images[i : i + 1000].to(dev)).argmax(1).cpu() == labels[i : i + 1000]).sum().item()
-                for i in range(0, len(images), 1000)
+            pred = torch.cat(
+                [student(images[i : i + 1000].to(dev)).argmax(1).cpu() for i in range(0, len(images), 1000)]
             )
         student.train()
-        return hits / len(images)
+        return pred
+
+    def accuracy(images: torch.Tensor = test_x, labels: torch.Tensor = test_y) -> float:
+        return (predict(images) == labels).sum().item() / len(images)
 
     def per_class() -> list[float]:
-        student.eval()
-        with torch.no_grad():
-            batches = range(0, len(test_x), 1000)
-            pred = torch.cat([student(test_x[i : i + 1000].to(dev)).argmax(1).cpu() for i in batches])
-        student.train()
+        pred = predict(test_x)
         return [round((pred[test_y == c] == c).float().mean().item(), 4) for c in range(10)]
 
     tucker = accuracy()

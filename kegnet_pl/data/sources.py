@@ -28,6 +28,7 @@ steered by the student, as in DFAD) sets its parameters trainable and calls ``sa
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,10 +72,8 @@ class SampleSource(nn.Module):
     def dtype(self) -> torch.dtype:
         """The dtype of the source's own floating tensors (a trained network's; the default dtype when it holds
         none): what a network source feeds its networks and returns, so that ``64-true`` precision works."""
-        for tensor in [*self.parameters(), *self.buffers()]:
-            if tensor.is_floating_point():
-                return tensor.dtype
-        return torch.get_default_dtype()
+        tensors = itertools.chain(self.parameters(), self.buffers())
+        return next((t.dtype for t in tensors if t.is_floating_point()), torch.get_default_dtype())
 
     @property
     def trainable(self) -> bool:
@@ -319,6 +318,21 @@ class Pool(SampleSource):
         }
 
 
+def segment_distances(ends: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Each pixel's distance to each line segment: ``ends`` of shape (n, segments, 2, 2) holds every segment's two
+    end points as (x, y) in pixels; the result has shape (n, segments, height, width) and is differentiable in
+    ``ends`` (a generator that draws strokes can be trained through it)."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=ends.device), torch.arange(width, device=ends.device), indexing="ij"
+    )
+    pixels = torch.stack([xs, ys], -1).to(ends.dtype)  # (H, W, 2) as (x, y)
+    a, b = ends[:, :, None, None, 0], ends[:, :, None, None, 1]  # (n, segments, 1, 1, 2)
+    along = b - a
+    t = ((pixels - a) * along).sum(-1) / along.pow(2).sum(-1).clamp_min(1e-6)
+    nearest = a + t.clamp(0, 1)[..., None] * along
+    return (pixels - nearest).norm(dim=-1)
+
+
 class Strokes(SampleSource):
     """Images of a few random straight pen strokes on blank paper: a drawn prior, no image of any dataset.
 
@@ -379,13 +393,7 @@ class Strokes(SampleSource):
         half = self.width[0] + (self.width[1] - self.width[0]) * torch.rand(n, self.max_strokes, generator=generator)
         drawn = torch.randint(1, self.max_strokes + 1, (n, 1), generator=generator)
         used = torch.arange(self.max_strokes)[None] < drawn  # (n, strokes): which strokes an image draws
-        ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-        pixels = torch.stack([xs, ys], -1).float()  # (H, W, 2) as (x, y)
-        a, b = ends[:, :, None, None, 0], ends[:, :, None, None, 1]  # (n, strokes, 1, 1, 2)
-        along = b - a
-        t = ((pixels - a) * along).sum(-1) / along.pow(2).sum(-1).clamp_min(1e-6)
-        nearest = a + t.clamp(0, 1)[..., None] * along
-        distance = (pixels - nearest).norm(dim=-1)  # (n, strokes, H, W): each pixel's distance to each stroke
+        distance = segment_distances(ends, height, width)
         cover = (1.0 - (distance - half[:, :, None, None])).clamp(0, 1) * used[:, :, None, None]
         ink = cover.amax(1)[:, None].expand(n, channels, height, width)
         return (self.background + ink * (self.ink - self.background)).to(device)
@@ -521,4 +529,5 @@ __all__ = [
     "UniformNoise",
     "build_source",
     "read_generator_checkpoint",
+    "segment_distances",
 ]
