@@ -63,7 +63,7 @@ def test_trainer_preset_combines_with_a_stage_config(path, capsys):
 
 
 PIPELINES = sorted(
-    [*ROOT.glob("configs/*/pipeline.yaml"), *ROOT.glob("configs/*/demo.yaml"), *ROOT.glob("configs/*/compare.yaml")]
+    [*ROOT.glob("configs/*/pipeline.yaml"), *ROOT.glob("configs/*/demo.yaml"), *ROOT.glob("configs/*/compare*.yaml")]
 )
 
 
