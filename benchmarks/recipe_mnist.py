@@ -31,7 +31,10 @@ the accuracy on the 5,000 training images held out as the teacher's validation s
 ``val``, and ``acc`` (the 10,000 test images) only scores them; ``per_class`` holds the test accuracy per digit.
 ``--strokes F`` gives that share of every batch to random pen strokes (:class:`kegnet_pl.data.sources.Strokes`; the
 source fills the rest: ``--source mix --noise-fraction 0.5 --strokes 0.25`` is 37.5% generators, 37.5% U(-1, 1) and
-25% strokes, the pipeline's recipe);
+25% strokes, the pipeline's recipe); ``--dfad F`` gives that share to a DFAD generator
+(:class:`kegnet_pl.modules.dfad.DFADGeneratorNet`, its MNIST settings) trained alongside, one Adam step every
+``--dfad-every`` student steps, to maximise the student-teacher L1 gap on its samples (the shares: ``--source mix
+--noise-fraction 0.5 --strokes 0.25 --dfad 0.25`` is 25% each of generators, U(-1, 1), strokes and the adversary);
 ``--feat``, ``--freeze``, ``--kd``, ``--contrast``/``--brightness``, ``--source impress`` and ``gen --snapshots`` are
 the other changes measured in the README ("What the students miss"); ``--ink``, ``--gen-kind strokes`` and ``--mine``
 with strokes those of "What the generators add to pen strokes". ``--device cuda`` runs on a GPU. Needs
@@ -57,10 +60,12 @@ from kegnet_pl.data.sources import Strokes, read_generator_checkpoint, segment_d
 from kegnet_pl.data.vision import MNISTDataModule
 from kegnet_pl.loading import load_classifier_and_spec
 from kegnet_pl.losses import classification_loss, decoder_loss, distillation_loss, diversity_loss
+from kegnet_pl.modules.dfad import DFADGeneratorNet, dfad_discrepancy
 from kegnet_pl.nets.generators import Decoder, build_generator
 from kegnet_pl.nets.registry import build_classifier, classifier_names
 
 SHAPE = (1, 32, 32)
+DFAD_NOISE = 100  # DFAD's MNIST z
 PAPER, INK = -0.4242, 2.8215  # blank paper and full ink after MNIST's normalisation (0.1307, 0.3081)
 
 
@@ -116,6 +121,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--contrast", type=float, default=0.0, help="scale each sample by up to this factor either way")
     p.add_argument("--brightness", type=float, default=0.0, help="shift each sample by up to this much either way")
     p.add_argument("--strokes", type=float, default=0.0, help="share of every batch replaced by random pen strokes")
+    p.add_argument(
+        "--dfad",
+        type=float,
+        default=0.0,
+        help="share of every batch from a DFAD generator trained alongside to maximise the student-teacher L1 gap",
+    )
+    p.add_argument("--dfad-every", type=int, default=5, help="dfad: student steps per generator step (DFAD: 5)")
+    p.add_argument("--dfad-width", type=int, default=64, help="dfad: channels of its generator's last block (DFAD: 64)")
+    p.add_argument("--dfad-lr", type=float, default=1e-3, help="dfad: Adam learning rate of its generator (DFAD: 1e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
@@ -304,6 +318,10 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
         for gen in gens:
             gen.train()
         gen_opt = torch.optim.Adam([q for gen in gens for q in gen.parameters()], lr=a.adv_lr)
+    adversary = adversary_opt = None
+    if a.dfad:  # DFAD's generator (its MNIST settings), trained against the student while it learns
+        adversary = DFADGeneratorNet(SHAPE, DFAD_NOISE, a.dfad_width).to(dev).train()
+        adversary_opt = torch.optim.Adam(adversary.parameters(), lr=a.dfad_lr)
     if a.student in classifier_names():  # an architecture trained from scratch (lenet5-half), as StudentModule does
         student = build_classifier(a.student, SHAPE, 10)
         params = sum(q.numel() for q in student.parameters())
@@ -378,9 +396,19 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
             gen_opt.step()
         n = a.batch * a.mine
         m = int(n * a.strokes)  # the strokes' share of the batch; the source (and mix's shares) fill the rest
-        x = draw(n - m)[0].detach()
+        k = int(n * a.dfad)  # the adversary's share
+        if k and step % a.dfad_every == 0:
+            x = adversary(torch.randn(k, DFAD_NOISE, device=dev))
+            adversary_loss = -dfad_discrepancy(student(x), teacher(x))
+            adversary_opt.zero_grad()
+            adversary_loss.backward()
+            adversary_opt.step()
+        x = draw(n - m - k)[0].detach()
         if m:
             x = torch.cat([x, strokes(m, dev)])
+        if k:
+            with torch.no_grad():
+                x = torch.cat([x, adversary(torch.randn(k, DFAD_NOISE, device=dev))])
         x = augment(a, x)
         if a.mine > 1:
             with torch.no_grad():
