@@ -28,7 +28,7 @@ from __future__ import annotations
 import inspect
 import sys
 import time
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -55,6 +55,7 @@ from kegnet_pl.modules.checks import check_data_fits, check_finite, with_lr_sche
 from kegnet_pl.nets import build_classifier, build_classifier_from_spec, classifier_names
 
 Shorthand = Literal["kegnet", "uniform", "normal", "strokes", "no-generators"]
+SHORTHANDS: tuple[str, ...] = get_args(Shorthand)
 
 
 class StudentModule(TeacherStage):
@@ -222,10 +223,11 @@ class StudentModule(TeacherStage):
     ) -> SampleSource:
         """The source a shorthand names, in a ``Pool`` of ``pool_size`` samples per generator unless that is null."""
         hp = self.hparams
-        if name not in ("kegnet", "uniform", "normal", "strokes", "no-generators"):
+        if name not in SHORTHANDS:
+            names = ", ".join(repr(shorthand) for shorthand in SHORTHANDS[:-1])
             raise ConfigError(
-                f"StudentModule: source must be a SampleSource (class_path) or 'kegnet', 'uniform', 'normal', "
-                f"'strokes' or 'no-generators', got {name!r}"
+                f"StudentModule: source must be a SampleSource (class_path) or {names} or {SHORTHANDS[-1]!r}, "
+                f"got {name!r}"
             )
         if loaded is not None:
             n_generators = int(loaded["hparams"]["n_generators"])
