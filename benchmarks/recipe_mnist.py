@@ -59,9 +59,8 @@ from kegnet_pl.data.noise import sample_labels
 from kegnet_pl.data.sources import Strokes, read_generator_checkpoint, segment_distances, strip_prefix
 from kegnet_pl.data.vision import MNISTDataModule
 from kegnet_pl.loading import load_classifier_and_spec
-from kegnet_pl.losses import classification_loss, decoder_loss, distillation_loss, diversity_loss
-from kegnet_pl.modules.dfad import DFADGeneratorNet, dfad_discrepancy
-from kegnet_pl.nets.generators import Decoder, build_generator
+from kegnet_pl.losses import classification_loss, decoder_loss, dfad_discrepancy, distillation_loss, diversity_loss
+from kegnet_pl.nets.generators import Decoder, DFADGeneratorNet, build_generator
 from kegnet_pl.nets.registry import build_classifier, classifier_names
 
 SHAPE = (1, 32, 32)

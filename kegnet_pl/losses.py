@@ -120,4 +120,17 @@ def distillation_loss(
     return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature**2
 
 
-__all__ = ["classification_loss", "decoder_loss", "distillation_loss", "diversity_loss", "naive_diversity_loss"]
+def dfad_discrepancy(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """DFAD's loss: the mean absolute error between student and teacher logits, ``mean_{b,k} |s_bk - t_bk|``
+    (the student minimises it, the generator maximises it)."""
+    return F.l1_loss(student_logits.float(), teacher_logits.float())
+
+
+__all__ = [
+    "classification_loss",
+    "decoder_loss",
+    "dfad_discrepancy",
+    "distillation_loss",
+    "diversity_loss",
+    "naive_diversity_loss",
+]

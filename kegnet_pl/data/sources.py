@@ -38,7 +38,7 @@ from torch import nn
 from kegnet_pl.data.noise import LabelDistribution, derive_seed, sample_inputs, sample_labels
 from kegnet_pl.errors import CheckpointError, ConfigError
 from kegnet_pl.nets import Frozen
-from kegnet_pl.nets.generators import build_generator
+from kegnet_pl.nets.generators import DFADGeneratorNet, build_generator
 
 
 class SampleSource(nn.Module):
@@ -482,6 +482,53 @@ class Mixture(SampleSource):
         }
 
 
+class DFADGenerator(SampleSource):
+    """A trainable sample source: DFAD's generator of images from noise z ~ N(0, I) (DAFL's with ``bn_eps=0.8``;
+    :class:`~kegnet_pl.modules.dafl.DAFLModule` builds it so)."""
+
+    def __init__(self, noise_dim: int = 100, width: int = 64, bn_eps: float = 1e-5) -> None:
+        """
+        Args:
+            noise_dim: size of z (DFAD's MNIST code and DAFL: 100; DFAD's CIFAR code: 256).
+            width: channels of the generator's last block (DFAD and DAFL: 64).
+            bn_eps: epsilon of the BatchNorms after the two 3x3 convolutions (DFAD: 1e-5; DAFL: 0.8).
+        """
+        super().__init__()
+        if noise_dim <= 0 or width <= 0 or bn_eps <= 0:
+            raise ConfigError(
+                f"DFADGenerator: noise_dim, width and bn_eps must be positive, got {noise_dim}, {width} and {bn_eps}"
+            )
+        self.noise_dim = noise_dim
+        self.width = width
+        self.bn_eps = float(bn_eps)
+        self.net: DFADGeneratorNet | None = None
+
+    def bind(self, input_shape: Sequence[int], num_classes: int, seed: int = 0) -> None:
+        """Build the network for the teacher's image shape, initialised from ``seed``."""
+        super().bind(input_shape, num_classes, seed)
+        if len(self.input_shape) != 3:
+            raise ConfigError(f"DFADGenerator makes images, but the teacher takes inputs of shape {self.input_shape}")
+        if self.net is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.net = DFADGeneratorNet(self.input_shape, self.noise_dim, self.width, self.bn_eps)
+
+    def sample(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
+        self._require_bound()
+        z = torch.randn(n, self.noise_dim, generator=generator).to(device, self.dtype)
+        return self.net(z)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "class_path": f"{__name__}.DFADGenerator",
+            "init_args": {"noise_dim": self.noise_dim, "width": self.width, "bn_eps": self.bn_eps},
+        }
+
+
+#: class paths of sources that moved, as checkpoints of earlier versions record them, and where they live now
+MOVED = {"kegnet_pl.modules.dfad.DFADGenerator": f"{__name__}.DFADGenerator"}
+
+
 def _source_classes() -> dict[str, type[SampleSource]]:
     found: dict[str, type[SampleSource]] = {}
     stack = [SampleSource]
@@ -501,7 +548,7 @@ def build_source(spec: dict[str, Any]) -> SampleSource:
     if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str):
         raise CheckpointError(f"a source spec is a {{class_path, init_args}} mapping, got {spec!r}")
     classes = _source_classes()
-    cls = classes.get(spec["class_path"])
+    cls = classes.get(MOVED.get(spec["class_path"], spec["class_path"]))
     if cls is None:
         raise CheckpointError(
             f"the source {spec['class_path']!r} is not an imported SampleSource (known: {', '.join(sorted(classes))});"
@@ -520,6 +567,7 @@ def build_source(spec: dict[str, Any]) -> SampleSource:
 
 
 __all__ = [
+    "DFADGenerator",
     "KegnetGenerators",
     "Mixture",
     "NormalNoise",

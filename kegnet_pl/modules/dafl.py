@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kegnet_pl.data.noise import batch_generator
+from kegnet_pl.data.sources import DFADGenerator
 from kegnet_pl.errors import ConfigError
 from kegnet_pl.losses import distillation_loss
 from kegnet_pl.modules.checks import check_finite
-from kegnet_pl.modules.dfad import DFADGenerator
 from kegnet_pl.modules.student import StudentModule
 
 

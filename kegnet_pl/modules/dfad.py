@@ -21,103 +21,17 @@ keeps the last round (selecting on test data is neither data-free nor a fair tes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from kegnet_pl.data.noise import batch_generator
-from kegnet_pl.data.sources import SampleSource
+from kegnet_pl.data.sources import DFADGenerator
 from kegnet_pl.errors import ConfigError
+from kegnet_pl.losses import dfad_discrepancy
 from kegnet_pl.modules.checks import check_finite
 from kegnet_pl.modules.student import StudentModule
-
-
-def dfad_discrepancy(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """DFAD's loss: the mean absolute error between student and teacher logits, ``mean_{b,k} |s_bk - t_bk|``
-    (the student minimises it, the generator maximises it)."""
-    return F.l1_loss(student_logits.float(), teacher_logits.float())
-
-
-class DFADGeneratorNet(nn.Module):
-    """DFAD's image generator (its ``GeneratorA``): z -> dense -> (2w, s/4, s/4) -> BatchNorm -> upsample, conv 3x3
-    2w -> 2w, BatchNorm, LeakyReLU(0.2) -> upsample, conv 2w -> w, BatchNorm, LeakyReLU -> conv w -> channels,
-    tanh, then a BatchNorm without learned affine (as its authors' code).
-
-    DAFL's generator (Chen et al., 2019) is the same network with z of size 100, w = 64 and ``bn_eps=0.8`` in the
-    two BatchNorms after the convolutions (its code's ``BatchNorm2d(128, 0.8)``); DFAD's keeps the default 1e-5.
-    """
-
-    def __init__(self, input_shape: Sequence[int], noise_dim: int = 100, width: int = 64, bn_eps: float = 1e-5) -> None:
-        super().__init__()
-        channels, height, wide = (int(size) for size in input_shape)
-        if height != wide or height % 4:
-            raise ConfigError(f"DFADGenerator makes square images with a side divisible by 4, got {tuple(input_shape)}")
-        self.start = height // 4
-        self.width = width
-        self.fc = nn.Linear(noise_dim, 2 * width * self.start**2)
-        self.blocks = nn.Sequential(
-            nn.BatchNorm2d(2 * width),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
-            nn.BatchNorm2d(2 * width, eps=bn_eps),
-            nn.LeakyReLU(0.2),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(2 * width, width, 3, padding=1),
-            nn.BatchNorm2d(width, eps=bn_eps),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(width, channels, 3, padding=1),
-            nn.Tanh(),
-            nn.BatchNorm2d(channels, affine=False),
-        )
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.fc(z).view(len(z), 2 * self.width, self.start, self.start))
-
-
-class DFADGenerator(SampleSource):
-    """A trainable sample source: DFAD's generator of images from noise z ~ N(0, I) (DAFL's with ``bn_eps=0.8``;
-    :class:`~kegnet_pl.modules.dafl.DAFLModule` builds it so)."""
-
-    def __init__(self, noise_dim: int = 100, width: int = 64, bn_eps: float = 1e-5) -> None:
-        """
-        Args:
-            noise_dim: size of z (DFAD's MNIST code and DAFL: 100; DFAD's CIFAR code: 256).
-            width: channels of the generator's last block (DFAD and DAFL: 64).
-            bn_eps: epsilon of the BatchNorms after the two 3x3 convolutions (DFAD: 1e-5; DAFL: 0.8).
-        """
-        super().__init__()
-        if noise_dim <= 0 or width <= 0 or bn_eps <= 0:
-            raise ConfigError(
-                f"DFADGenerator: noise_dim, width and bn_eps must be positive, got {noise_dim}, {width} and {bn_eps}"
-            )
-        self.noise_dim = noise_dim
-        self.width = width
-        self.bn_eps = float(bn_eps)
-        self.net: DFADGeneratorNet | None = None
-
-    def bind(self, input_shape: Sequence[int], num_classes: int, seed: int = 0) -> None:
-        """Build the network for the teacher's image shape, initialised from ``seed``."""
-        super().bind(input_shape, num_classes, seed)
-        if len(self.input_shape) != 3:
-            raise ConfigError(f"DFADGenerator makes images, but the teacher takes inputs of shape {self.input_shape}")
-        if self.net is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                self.net = DFADGeneratorNet(self.input_shape, self.noise_dim, self.width, self.bn_eps)
-
-    def sample(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
-        self._require_bound()
-        z = torch.randn(n, self.noise_dim, generator=generator).to(device, self.dtype)
-        return self.net(z)
-
-    def spec(self) -> dict[str, Any]:
-        return {
-            "class_path": f"{__name__}.DFADGenerator",
-            "init_args": {"noise_dim": self.noise_dim, "width": self.width, "bn_eps": self.bn_eps},
-        }
+from kegnet_pl.nets.generators import DFADGeneratorNet
 
 
 class DFADModule(StudentModule):

@@ -1,9 +1,11 @@
-"""The generators and the decoder of KegNet (Yoo et al., NeurIPS 2019).
+"""The generators and the decoder of KegNet (Yoo et al., NeurIPS 2019), and the image generator of DFAD and DAFL.
 
 A generator ``G(y, z)`` turns a label distribution ``y`` (one-hot or soft, shape ``(B, num_classes)``) and a
 noise vector ``z`` (shape ``(B, noise_dim)``) into an artificial sample; the decoder ``D(x)`` tries to recover
 ``z`` from that sample. Layer sizes follow the authors' release (snudatalab/KegNet), so both read the same way:
 ``concat(z, y)`` in that order, transposed convolutions without bias, the same BatchNorm placements.
+:class:`DFADGeneratorNet` makes images from noise alone (no label): the generator of the methods KegNet is compared
+with, and of the adversarial share of a student's batch.
 """
 
 from __future__ import annotations
@@ -175,6 +177,42 @@ class Decoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Estimate the ``(B, noise_dim)`` noise behind the samples ``x`` ``(B, *input_shape)``."""
         return self.layers(x.flatten(1))
+
+
+class DFADGeneratorNet(nn.Module):
+    """DFAD's image generator (its ``GeneratorA``): z -> dense -> (2w, s/4, s/4) -> BatchNorm -> upsample, conv 3x3
+    2w -> 2w, BatchNorm, LeakyReLU(0.2) -> upsample, conv 2w -> w, BatchNorm, LeakyReLU -> conv w -> channels,
+    tanh, then a BatchNorm without learned affine (as its authors' code).
+
+    DAFL's generator (Chen et al., 2019) is the same network with z of size 100, w = 64 and ``bn_eps=0.8`` in the
+    two BatchNorms after the convolutions (its code's ``BatchNorm2d(128, 0.8)``); DFAD's keeps the default 1e-5.
+    """
+
+    def __init__(self, input_shape: Sequence[int], noise_dim: int = 100, width: int = 64, bn_eps: float = 1e-5) -> None:
+        super().__init__()
+        channels, height, wide = (int(size) for size in input_shape)
+        if height != wide or height % 4:
+            raise ConfigError(f"DFADGenerator makes square images with a side divisible by 4, got {tuple(input_shape)}")
+        self.start = height // 4
+        self.width = width
+        self.fc = nn.Linear(noise_dim, 2 * width * self.start**2)
+        self.blocks = nn.Sequential(
+            nn.BatchNorm2d(2 * width),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width, eps=bn_eps),
+            nn.LeakyReLU(0.2),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(2 * width, width, 3, padding=1),
+            nn.BatchNorm2d(width, eps=bn_eps),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, channels, 3, padding=1),
+            nn.Tanh(),
+            nn.BatchNorm2d(channels, affine=False),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.fc(z).view(len(z), 2 * self.width, self.start, self.start))
 
 
 def build_generator(input_shape: Sequence[int], num_classes: int, noise_dim: int = 10) -> nn.Module:
