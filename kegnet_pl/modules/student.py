@@ -10,6 +10,12 @@ The student is a copy of the teacher whose layers a compression spec replaces by
 * ``Mixture``: fixed shares of every batch from several of these;
 * ``Pool``: a fixed set of samples of any of these, drawn once (the paper's protocol), or any source of your own.
 
+``adversary_fraction`` gives a share of every batch to an adversary trained alongside the student: DFAD's image
+generator (:class:`~kegnet_pl.data.sources.DFADGenerator`, narrow by default) that learns to make the inputs on which
+student and teacher disagree most (the L1 gap of their logits), one step every ``adversary_every`` student steps,
+while the student learns to agree with the teacher on them. Data-free like the rest: it sees only the teacher, the
+student and noise.
+
 The strings ``kegnet``, ``uniform`` and ``normal`` are shorthands for the paper's sources built from
 ``generators``, ``label_distribution``, ``use_generators`` and ``pool_size`` (what ``kegnet-pipeline`` and
 ``--model.source uniform`` use). Every batch's inputs are drawn with a generator seeded by the noise batch's own
@@ -31,12 +37,15 @@ import time
 from typing import Any, Literal, get_args
 
 import torch
+from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
+from torch.func import functional_call
 from torchmetrics.classification import MulticlassAccuracy
 
 from kegnet_pl.compression import compress_with_report, parameter_count
 from kegnet_pl.data.noise import batch_generator
 from kegnet_pl.data.sources import (
+    DFADGenerator,
     KegnetGenerators,
     Mixture,
     NormalNoise,
@@ -49,7 +58,7 @@ from kegnet_pl.data.sources import (
     strip_prefix,
 )
 from kegnet_pl.errors import ConfigError
-from kegnet_pl.losses import distillation_loss
+from kegnet_pl.losses import dfad_discrepancy, distillation_loss
 from kegnet_pl.modules.base import TeacherStage, load_teacher
 from kegnet_pl.modules.checks import check_data_fits, check_finite, with_lr_schedule
 from kegnet_pl.nets import build_classifier, build_classifier_from_spec, classifier_names
@@ -89,6 +98,10 @@ class StudentModule(TeacherStage):
         noise_fraction: float = 0.0,
         strokes: dict[str, Any] | None = None,
         strokes_fraction: float = 0.0,
+        adversary_fraction: float = 0.0,
+        adversary_width: int = 16,
+        adversary_every: int = 5,
+        adversary_lr: float = 1e-3,
         teacher_spec: dict[str, Any] | None = None,
         generator_spec: dict[str, Any] | None = None,
         student_ranks: dict[str, list[int]] | None = None,
@@ -135,6 +148,15 @@ class StudentModule(TeacherStage):
                 and full ink (MNIST: ``{background: -0.4242, ink: 2.8215}``).
             strokes_fraction: shorthands ``kegnet`` and ``no-generators`` only: this share of every batch is pen
                 strokes (``strokes``) instead of generator samples, besides ``noise_fraction``; 0 is the paper's KegNet.
+            adversary_fraction: shorthands ``kegnet`` and ``no-generators`` only: this share of every batch comes from
+                an adversary, DFAD's generator trained against the student (see the module docstring), besides
+                ``noise_fraction`` and ``strokes_fraction``; needs ``pool_size: null``. 0: no adversary. A DDP run
+                with one needs the strategy that finds unused parameters (``ddp_find_unused_parameters_true``): the
+                adversary trains on one step in ``adversary_every``.
+            adversary_width: channels of the adversary's last block (DFAD: 64; 16 costs a quarter of the time).
+            adversary_every: student steps per adversary step (DFAD: 5).
+            adversary_lr: the adversary's learning rate, constant, in its own parameter group of the student's
+                optimiser (Adam: DFAD's 1e-3), without weight decay.
             teacher_spec: filled in with the teacher's architecture; leave unset.
             generator_spec: read from checkpoints of earlier versions only; leave unset.
             student_ranks: filled in with the exact ranks chosen for the student; leave unset.
@@ -158,6 +180,22 @@ class StudentModule(TeacherStage):
                 f"StudentModule: strokes_fraction must be in [0, 1) and leave generator samples beside noise_fraction "
                 f"(their sum below 1), got strokes_fraction={strokes_fraction}, noise_fraction={noise_fraction}"
             )
+        if not 0.0 <= adversary_fraction < 1.0 or noise_fraction + strokes_fraction + adversary_fraction >= 1.0:
+            raise ConfigError(
+                f"StudentModule: adversary_fraction must be in [0, 1) and leave generator samples beside "
+                f"noise_fraction and strokes_fraction (the three below 1 together), got adversary_fraction="
+                f"{adversary_fraction}, noise_fraction={noise_fraction}, strokes_fraction={strokes_fraction}"
+            )
+        if adversary_width <= 0 or adversary_every <= 0 or adversary_lr <= 0:
+            raise ConfigError(
+                f"StudentModule: adversary_width, adversary_every and adversary_lr must be positive, got "
+                f"{adversary_width}, {adversary_every} and {adversary_lr}"
+            )
+        if adversary_fraction > 0 and pool_size is not None:
+            raise ConfigError(
+                f"StudentModule: the adversary's samples change as it trains, so they cannot come from a fixed pool: "
+                f"set pool_size: null (fresh samples) with adversary_fraction={adversary_fraction}"
+            )
         if lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"StudentModule: lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         self.save_hyperparameters(ignore=["source"])
@@ -177,6 +215,9 @@ class StudentModule(TeacherStage):
         self.source.bind(self.input_shape, self.num_classes, seed)
         self.hparams["source_spec"] = self.source.spec()
         self.hparams["generator_spec"] = None
+        self.adversary: DFADGenerator | None = None
+        if float(self.hparams.get("adversary_fraction") or 0.0) > 0:
+            self.adversary = next((m for m in self.source.modules() if isinstance(m, DFADGenerator)), None)
 
         if isinstance(student, str) and student in classifier_names():  # an architecture trained from scratch
             with torch.random.fork_rng(devices=[]):
@@ -250,16 +291,20 @@ class StudentModule(TeacherStage):
             inner: SampleSource = KegnetGenerators(generators, hp.label_distribution, hp.use_generators, spec)
             fraction = float(hp.get("noise_fraction") or 0.0)
             drawn = float(hp.get("strokes_fraction") or 0.0)
-            parts = [(inner, 1.0 - fraction - drawn)]  # the checks above keep the generators' share positive
+            adversary = float(hp.get("adversary_fraction") or 0.0)
+            parts = [(inner, 1.0 - fraction - drawn - adversary)]  # the checks above keep the generators' share > 0
             if fraction > 0:
                 parts.append((UniformNoise(), fraction))
             if drawn > 0:
                 parts.append((self._strokes(), drawn))
-            if len(parts) > 1:
-                inner = Mixture([part for part, _ in parts], [share for _, share in parts])
+            inner = self._with_adversary(parts)
         elif name == "no-generators":  # the kegnet mixture, U(-1, 1) noise in the generators' place
             drawn = float(hp.get("strokes_fraction") or 0.0)
-            inner = UniformNoise() if drawn == 0 else Mixture([UniformNoise(), self._strokes()], [1.0 - drawn, drawn])
+            adversary = float(hp.get("adversary_fraction") or 0.0)
+            parts = [(UniformNoise(), 1.0 - drawn - adversary)]
+            if drawn > 0:
+                parts.append((self._strokes(), drawn))
+            inner = self._with_adversary(parts)
         elif name == "strokes":
             inner = self._strokes()
         else:
@@ -268,6 +313,16 @@ class StudentModule(TeacherStage):
             return inner
         chosen = len(hp.use_generators) if hp.use_generators else (n_generators or 1)
         return Pool(inner, size=hp.pool_size * chosen, seed=hp.seed)
+
+    def _with_adversary(self, parts: list[tuple[SampleSource, float]]) -> SampleSource:
+        """The sources of ``parts`` at their shares, and the adversary last at ``adversary_fraction``."""
+        hp = self.hparams
+        adversary = float(hp.get("adversary_fraction") or 0.0)
+        if adversary > 0:
+            parts = [*parts, (DFADGenerator(width=int(hp.get("adversary_width") or 16)), adversary)]
+        if len(parts) == 1:
+            return parts[0][0]
+        return Mixture([part for part, _ in parts], [share for _, share in parts])
 
     def _strokes(self) -> Strokes:
         settings = self.hparams.get("strokes")
@@ -320,6 +375,18 @@ class StudentModule(TeacherStage):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         check_data_fits("StudentModule", self.input_shape, self.num_classes, getattr(datamodule, "eval_data", None))
         self.source.set_rank(self.global_rank)
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if (
+            stage == "fit"
+            and self.adversary is not None
+            and isinstance(strategy, DDPStrategy)
+            and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False)
+        ):
+            raise ConfigError(
+                "StudentModule: the adversary (adversary_fraction > 0) trains on one step in adversary_every, which "
+                "plain DDP cannot sync: use --trainer.strategy ddp_find_unused_parameters_true (or "
+                "ddp_spawn_find_unused_parameters_true)"
+            )
 
     # --- the student -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -338,6 +405,8 @@ class StudentModule(TeacherStage):
 
     # --- steps -------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.adversary is not None:
+            return self._adversarial_step(batch)
         x = self._inputs(batch, self.source)
         with torch.no_grad():
             teacher_logits = self.teacher(x).float()
@@ -345,6 +414,30 @@ class StudentModule(TeacherStage):
         check_finite("student stage", self.global_step, self.current_epoch, {"loss_kd": loss})
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=len(x))
         return loss
+
+    def _adversarial_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A step with an adversary: every ``adversary_every`` steps, first its loss on a batch of its own (the
+        student's logits computed from detached weights, so only the adversary learns from it: it ascends the L1
+        gap to the teacher), then the student's distillation loss on the mixture's batch, drawn without gradients
+        (so only the student learns from it). One backward pass, one optimiser with a parameter group for each."""
+        hp, n = self.hparams, int(batch["size"])
+        draws = batch_generator(batch)
+        terms: dict[str, torch.Tensor] = {}
+        if self.global_step % hp.adversary_every == 0:
+            x = self.adversary.sample(self.source.counts(n)[-1], draws, self.device).to(self.dtype)
+            fixed = {name: p.detach() for name, p in self.student.named_parameters()}
+            terms["loss_adversary"] = -dfad_discrepancy(functional_call(self.student, fixed, (x,)), self.teacher(x))
+        with torch.no_grad():
+            x = self.source.sample(n, draws, self.device).to(self.dtype)
+            teacher_logits = self.teacher(x).float()
+        terms["loss_kd"] = distillation_loss(self(x), teacher_logits, hp.temperature)
+        check_finite("student stage", self.global_step, self.current_epoch, terms)
+        loss = terms["loss_kd"]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=n)
+        if "loss_adversary" in terms:
+            gap = -terms["loss_adversary"].detach()
+            self.log("train/adversary_gap", gap, on_step=True, on_epoch=True, sync_dist=True, batch_size=n)
+        return sum(terms.values())
 
     def _eval_step(self, batch: Any, stage: str) -> None:
         if isinstance(batch, dict):  # held-out artificial samples: agreement with the teacher, no real data
@@ -408,7 +501,7 @@ class StudentModule(TeacherStage):
         sys.stdout.flush()
 
     def trained_modules(self) -> list[nn.Module]:
-        return [self.student]
+        return [self.student] if self.adversary is None else [self.student, self.adversary]
 
     def frozen_modules(self) -> list[nn.Module]:
         """The teacher, and the source unless it trains (a method's generator, with its own optimiser)."""
@@ -423,11 +516,18 @@ class StudentModule(TeacherStage):
 
     def configure_optimizers(self) -> Any:
         params, hp = self.trainable_parameters(), self.hparams
+        constant: tuple[int, ...] = ()
+        if self.adversary is not None:  # its own group: its learning rate, no weight decay, no schedule
+            own = {id(p) for p in self.adversary.parameters()}
+            student = [p for p in params if id(p) not in own]
+            params = [{"params": student}, {"params": list(self.adversary.parameters()), "lr": hp.adversary_lr}]
+            params[1]["weight_decay"] = 0.0
+            constant = (1,)
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
         else:
             optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        return with_lr_schedule(optimizer, hp.get("lr_schedule", "constant"), self)
+        return with_lr_schedule(optimizer, hp.get("lr_schedule", "constant"), self, constant)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Self-contained checkpoints: rebuilt from the specs and exact ranks, without the generator file."""
