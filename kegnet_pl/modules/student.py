@@ -520,8 +520,8 @@ class StudentModule(TeacherStage):
         if self.adversary is not None:  # its own group: its learning rate, no weight decay, no schedule
             own = {id(p) for p in self.adversary.parameters()}
             student = [p for p in params if id(p) not in own]
-            params = [{"params": student}, {"params": list(self.adversary.parameters()), "lr": hp.adversary_lr}]
-            params[1]["weight_decay"] = 0.0
+            adversary = {"params": list(self.adversary.parameters()), "lr": hp.adversary_lr, "weight_decay": 0.0}
+            params = [{"params": student}, adversary]
             constant = (1,)
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
