@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import TEACHER, quiet_trainer, tiny_config
+from conftest import ROOT, TEACHER, quiet_trainer, tiny_config
 from pytorch_lightning import Trainer
 
 from kegnet_pl.cli import main
@@ -99,19 +99,20 @@ def test_fit_trains_the_adversary_at_its_own_constant_rate(tmp_path, generator_c
     assert not any(k.startswith("teacher.") or ".sources.0." in k for k in changed)  # teacher, KegNet generators
 
 
-def test_resume_and_checkpoint_rebuild_the_adversary(tmp_path, generator_ckpt):
-    def config(folder):
-        model = {"generators": generator_ckpt, "adversary_fraction": 0.25, "adversary_width": 8, "adversary_every": 2}
-        return tiny_config(
-            folder,
-            "student",
-            model={"class_path": "StudentModule", "init_args": {**model, **SHARES}},
-            data={"class_path": "NoiseDataModule", "init_args": {"batch_size": 8, "batches_per_epoch": 3}},
-            **{"trainer.max_epochs": 2, "trainer.limit_val_batches": 0},
-        )
+def adversary_config(folder, generators, batches_per_epoch=3):
+    model = {"generators": generators, "adversary_fraction": 0.25, "adversary_width": 8, "adversary_every": 2}
+    return tiny_config(
+        folder,
+        "student",
+        model={"class_path": "StudentModule", "init_args": {**model, **SHARES}},
+        data={"class_path": "NoiseDataModule", "init_args": {"batch_size": 8, "batches_per_epoch": batches_per_epoch}},
+        **{"trainer.max_epochs": 2, "trainer.limit_val_batches": 0},
+    )
 
-    main(["fit", "--config", str(config(tmp_path / "straight"))])
-    split = config(tmp_path / "split")
+
+def test_resume_and_checkpoint_rebuild_the_adversary(tmp_path, generator_ckpt):
+    main(["fit", "--config", str(adversary_config(tmp_path / "straight", generator_ckpt))])
+    split = adversary_config(tmp_path / "split", generator_ckpt)
     main(["fit", "--config", str(split), "--trainer.max_epochs", "1"])
     main(["fit", "--config", str(split), "--ckpt_path", "last"])
     a = torch.load(tmp_path / "straight" / "ckpt" / "last.ckpt", weights_only=True)
@@ -123,6 +124,18 @@ def test_resume_and_checkpoint_rebuild_the_adversary(tmp_path, generator_ckpt):
     assert isinstance(restored.adversary, DFADGenerator) and restored.adversary.width == 8
     weight = "source.sources.3.net.fc.weight"
     assert torch.equal(restored.state_dict()[weight], a["state_dict"][weight])
+
+
+def test_two_cpu_processes_with_ddp_train_student_and_adversary(tmp_path, generator_ckpt):
+    """With the strategy that finds unused parameters: the adversary sits out every other step here."""
+    config = adversary_config(tmp_path, generator_ckpt, batches_per_epoch=4)
+    strategy = ["--trainer.strategy", "ddp_spawn_find_unused_parameters_true", "--trainer.max_epochs", "1"]
+    main(["fit", "--config", str(config), "--config", str(ROOT / "configs/trainer/ddp_cpu2.yaml"), *strategy])
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 2  # 4 batches over 2 ranks: two steps each, the adversary's turn in the first
+    start = StudentModule(generators=generator_ckpt, adversary_fraction=0.25, adversary_width=8, **SHARES).state_dict()
+    for key in ("source.sources.3.net.fc.weight", "student.fc2.weight"):
+        assert not torch.equal(start[key], checkpoint["state_dict"][key]), key
 
 
 def test_plain_ddp_is_refused_with_the_strategy_that_works(generator_ckpt):
