@@ -8,7 +8,7 @@ from pytorch_lightning import Trainer
 from kegnet_pl.cli import main
 from kegnet_pl.data import NoiseDataModule
 from kegnet_pl.data.noise import batch_generator
-from kegnet_pl.data.sources import DFADGenerator, KegnetGenerators, Strokes, UniformNoise, build_source
+from kegnet_pl.data.sources import DFADGenerator, KegnetGenerators, Mixture, Strokes, UniformNoise, build_source
 from kegnet_pl.errors import ConfigError
 from kegnet_pl.losses import dfad_discrepancy, distillation_loss
 from kegnet_pl.modules import GeneratorModule, StudentModule
@@ -39,6 +39,11 @@ def test_the_adversary_takes_the_last_share_of_the_kegnet_and_no_generators_batc
     assert control.source.fractions == [0.5, 0.25, 0.25]
     baseline = StudentModule(generators=generator_ckpt, source="uniform", adversary_fraction=0.25, **SHARES)
     assert isinstance(baseline.source, UniformNoise) and baseline.adversary is None  # a baseline's batch is its own
+    own = {"generators": generator_ckpt, "adversary_fraction": 0.25, "pool_size": None}
+    last = StudentModule(source=Mixture([UniformNoise(), DFADGenerator(width=8)]), **own)
+    assert last.adversary is last.source.sources[1]  # a mixture of your own: its last source, if DFAD's generator
+    first = StudentModule(source=Mixture([DFADGenerator(width=8), UniformNoise()]), **own)
+    assert first.adversary is None
 
 
 def test_bad_adversary_settings_say_what_to_change(generator_ckpt):

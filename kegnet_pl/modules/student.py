@@ -150,7 +150,8 @@ class StudentModule(TeacherStage):
                 strokes (``strokes``) instead of generator samples, besides ``noise_fraction``; 0 is the paper's KegNet.
             adversary_fraction: shorthands ``kegnet`` and ``no-generators`` only: this share of every batch comes from
                 an adversary, DFAD's generator trained against the student (see the module docstring), besides
-                ``noise_fraction`` and ``strokes_fraction``; needs ``pool_size: null``. 0: no adversary. A DDP run
+                ``noise_fraction`` and ``strokes_fraction`` (a ``Mixture`` source of your own: its last source is
+                trained so if it is a ``DFADGenerator``); needs ``pool_size: null``. 0: no adversary. A DDP run
                 with one needs the strategy that finds unused parameters (``ddp_find_unused_parameters_true``): the
                 adversary trains on one step in ``adversary_every``.
             adversary_width: channels of the adversary's last block (DFAD: 64; 16 costs a quarter of the time).
@@ -215,9 +216,10 @@ class StudentModule(TeacherStage):
         self.source.bind(self.input_shape, self.num_classes, seed)
         self.hparams["source_spec"] = self.source.spec()
         self.hparams["generator_spec"] = None
-        self.adversary: DFADGenerator | None = None
-        if float(self.hparams.get("adversary_fraction") or 0.0) > 0:
-            self.adversary = next((m for m in self.source.modules() if isinstance(m, DFADGenerator)), None)
+        self.adversary: DFADGenerator | None = None  # the last of a mixture's sources (the shorthands put it there)
+        last = self.source.sources[-1] if isinstance(self.source, Mixture) else None
+        if float(self.hparams.get("adversary_fraction") or 0.0) > 0 and isinstance(last, DFADGenerator):
+            self.adversary = last
 
         if isinstance(student, str) and student in classifier_names():  # an architecture trained from scratch
             with torch.random.fork_rng(devices=[]):
