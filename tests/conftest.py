@@ -50,6 +50,22 @@ def _no_trusted_paths_between_tests():
     untrust_all()
 
 
+@pytest.fixture(scope="module")
+def generator_ckpt(tmp_path_factory) -> str:
+    """A GeneratorModule checkpoint of two generators against TEACHER, trained two seeded steps of 8 (per module)."""
+    from kegnet_pl.data import NoiseDataModule
+    from kegnet_pl.modules import GeneratorModule
+
+    folder = tmp_path_factory.mktemp("generators")
+    torch.manual_seed(0)
+    model = GeneratorModule(teacher=TEACHER, n_generators=2)
+    trainer = quiet_trainer(folder, max_steps=2)
+    trainer.fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=2, **model.noise_settings()))
+    path = folder / "generators.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
 def quiet_trainer(tmp_path: Path, **kwargs) -> Trainer:
     """A CPU trainer that writes nothing: no logger, no checkpoints, no progress bar."""
     defaults = dict(

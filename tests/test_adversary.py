@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import ROOT, TEACHER, quiet_trainer, tiny_config
+from conftest import ROOT, quiet_trainer, tiny_config
 from pytorch_lightning import Trainer
 
 from kegnet_pl.cli import main
@@ -11,22 +11,10 @@ from kegnet_pl.data.noise import batch_generator
 from kegnet_pl.data.sources import DFADGenerator, KegnetGenerators, Mixture, Strokes, UniformNoise, build_source
 from kegnet_pl.errors import ConfigError
 from kegnet_pl.losses import dfad_discrepancy, distillation_loss
-from kegnet_pl.modules import GeneratorModule, StudentModule
+from kegnet_pl.modules import StudentModule
 
 PAPER = {"background": -0.4242, "ink": 2.8215}
 SHARES = {"noise_fraction": 0.25, "strokes_fraction": 0.25, "strokes": PAPER, "pool_size": None}
-
-
-@pytest.fixture(scope="module")
-def generator_ckpt(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("generators")
-    torch.manual_seed(0)
-    model = GeneratorModule(teacher=TEACHER, n_generators=2)
-    trainer = quiet_trainer(folder, max_steps=1)
-    trainer.fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=1, **model.noise_settings()))
-    path = folder / "generators.ckpt"
-    trainer.save_checkpoint(path)
-    return str(path)
 
 
 def test_the_adversary_takes_the_last_share_of_the_kegnet_and_no_generators_batches(generator_ckpt):

@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from conftest import TEACHER, quiet_trainer
+from conftest import TEACHER
 
-from kegnet_pl.data import NoiseDataModule
 from kegnet_pl.data.sources import (
     KegnetGenerators,
     Mixture,
@@ -16,21 +15,10 @@ from kegnet_pl.data.sources import (
     build_source,
 )
 from kegnet_pl.errors import CheckpointError, ConfigError
-from kegnet_pl.modules import GeneratorModule
 
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-@pytest.fixture(scope="module")
-def generator_ckpt(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("generators")
-    model = GeneratorModule(teacher=TEACHER, n_generators=2)
-    trainer = quiet_trainer(folder, max_steps=1)
-    trainer.fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=1, **model.noise_settings()))
-    trainer.save_checkpoint(folder / "generators.ckpt")
-    return str(folder / "generators.ckpt")
 
 
 def bound(source: SampleSource, shape=(1, 32, 32), seed: int = 0) -> SampleSource:

@@ -12,20 +12,8 @@ from kegnet_pl.cli import main
 from kegnet_pl.data import NoiseDataModule
 from kegnet_pl.data.sources import KegnetGenerators, Mixture, NormalNoise, Pool, Strokes, UniformNoise
 from kegnet_pl.errors import CheckpointError, ConfigError
-from kegnet_pl.modules import GeneratorModule, StudentModule
+from kegnet_pl.modules import StudentModule
 from kegnet_pl.modules.student import describe
-
-
-@pytest.fixture(scope="module")
-def generator_ckpt(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("generators")
-    torch.manual_seed(0)
-    model = GeneratorModule(teacher=TEACHER, n_generators=2)
-    trainer = quiet_trainer(folder, max_steps=2)
-    trainer.fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=2, **model.noise_settings()))
-    path = folder / "generators.ckpt"
-    trainer.save_checkpoint(path)
-    return str(path)
 
 
 def student_config(tmp_path, generators, **model_args):
