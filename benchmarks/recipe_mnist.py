@@ -32,7 +32,7 @@ the accuracy on the 5,000 training images held out as the teacher's validation s
 ``--strokes F`` gives that share of every batch to random pen strokes (:class:`kegnet_pl.data.sources.Strokes`; the
 source fills the rest: ``--source mix --noise-fraction 0.5 --strokes 0.25`` is 37.5% generators, 37.5% U(-1, 1) and
 25% strokes, the pipeline's recipe); ``--dfad F`` gives that share to a DFAD generator
-(:class:`kegnet_pl.modules.dfad.DFADGeneratorNet`, its MNIST settings) trained alongside, one Adam step every
+(:class:`kegnet_pl.nets.generators.DFADGeneratorNet`, its MNIST settings) trained alongside, one Adam step every
 ``--dfad-every`` student steps, to maximise the student-teacher L1 gap on its samples (the shares: ``--source mix
 --noise-fraction 0.5 --strokes 0.25 --dfad 0.25`` is 25% each of generators, U(-1, 1), strokes and the adversary);
 ``--feat``, ``--freeze``, ``--kd``, ``--contrast``/``--brightness``, ``--source impress`` and ``gen --snapshots`` are

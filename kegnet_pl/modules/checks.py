@@ -56,7 +56,7 @@ def with_lr_schedule(
             return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
 
         factors = [(lambda _: 1.0) if i in constant_groups else cosine for i in range(len(optimizer.param_groups))]
-        decay = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        decay: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+    else:
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}

@@ -218,7 +218,7 @@ class StudentModule(TeacherStage):
         self.hparams["generator_spec"] = None
         self.adversary: DFADGenerator | None = None  # the last of a mixture's sources (the shorthands put it there)
         last = self.source.sources[-1] if isinstance(self.source, Mixture) else None
-        if float(self.hparams.get("adversary_fraction") or 0.0) > 0 and isinstance(last, DFADGenerator):
+        if adversary_fraction > 0 and isinstance(last, DFADGenerator):
             self.adversary = last
 
         if isinstance(student, str) and student in classifier_names():  # an architecture trained from scratch
@@ -290,23 +290,11 @@ class StudentModule(TeacherStage):
                     "input_shape": list(teacher_spec["input_shape"]),
                     "num_classes": teacher_spec["num_classes"],
                 }
-            inner: SampleSource = KegnetGenerators(generators, hp.label_distribution, hp.use_generators, spec)
+            generated = KegnetGenerators(generators, hp.label_distribution, hp.use_generators, spec)
             fraction = float(hp.get("noise_fraction") or 0.0)
-            drawn = float(hp.get("strokes_fraction") or 0.0)
-            adversary = float(hp.get("adversary_fraction") or 0.0)
-            parts = [(inner, 1.0 - fraction - drawn - adversary)]  # the checks above keep the generators' share > 0
-            if fraction > 0:
-                parts.append((UniformNoise(), fraction))
-            if drawn > 0:
-                parts.append((self._strokes(), drawn))
-            inner = self._with_adversary(parts)
+            inner = self._mixed(generated, [(UniformNoise(), fraction)] if fraction > 0 else [])
         elif name == "no-generators":  # the kegnet mixture, U(-1, 1) noise in the generators' place
-            drawn = float(hp.get("strokes_fraction") or 0.0)
-            adversary = float(hp.get("adversary_fraction") or 0.0)
-            parts = [(UniformNoise(), 1.0 - drawn - adversary)]
-            if drawn > 0:
-                parts.append((self._strokes(), drawn))
-            inner = self._with_adversary(parts)
+            inner = self._mixed(UniformNoise(), [])
         elif name == "strokes":
             inner = self._strokes()
         else:
@@ -316,15 +304,24 @@ class StudentModule(TeacherStage):
         chosen = len(hp.use_generators) if hp.use_generators else (n_generators or 1)
         return Pool(inner, size=hp.pool_size * chosen, seed=hp.seed)
 
-    def _with_adversary(self, parts: list[tuple[SampleSource, float]]) -> SampleSource:
-        """The sources of ``parts`` at their shares, and the adversary last at ``adversary_fraction``."""
+    def _mixed(self, first: SampleSource, others: list[tuple[SampleSource, float]]) -> SampleSource:
+        """``first`` and the sources of ``others`` at their shares, then pen strokes at ``strokes_fraction`` and the
+        adversary last at ``adversary_fraction``; ``first`` takes the share they leave (kept positive by the checks
+        in ``__init__``). ``first`` alone when nothing else has a share."""
         hp = self.hparams
+        parts = list(others)
+        drawn = float(hp.get("strokes_fraction") or 0.0)
+        if drawn > 0:
+            parts.append((self._strokes(), drawn))
         adversary = float(hp.get("adversary_fraction") or 0.0)
         if adversary > 0:
-            parts = [*parts, (DFADGenerator(width=int(hp.get("adversary_width") or 16)), adversary)]
-        if len(parts) == 1:
-            return parts[0][0]
-        return Mixture([part for part, _ in parts], [share for _, share in parts])
+            parts.append((DFADGenerator(width=int(hp.get("adversary_width") or 16)), adversary))
+        if not parts:
+            return first
+        share = 1.0
+        for _, taken in parts:
+            share -= taken
+        return Mixture([first, *(part for part, _ in parts)], [share, *(taken for _, taken in parts)])
 
     def _strokes(self) -> Strokes:
         settings = self.hparams.get("strokes")
