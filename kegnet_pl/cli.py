@@ -29,6 +29,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import kegnet_pl.data  # noqa: F401  (registers the DataModules' short names)
 import kegnet_pl.modules  # noqa: F401  (registers the LightningModules' short names)
@@ -330,7 +331,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> KegnetCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run ``kegnet`` with ``args`` (default: the command line). A user's mistake exits 2 with one line."""
+    """Run ``kegnet`` with ``args`` (default: the command line). A user's mistake exits 2 with one line; SIGTERM
+    (Lightning stops the fit or test at its next batch) exits 143, not 0 as Lightning's own exception would."""
     words = list(sys.argv[1:] if args is None else args)
     if words[:1] == ["export"]:  # not a Trainer method: its own parser (kegnet_pl.export)
         export_main(words[1:])
@@ -340,6 +342,13 @@ def main(args: list[str] | None = None) -> None:
     except argparse.ArgumentError as err:  # a config key or value the parser does not accept
         print(f"kegnet: error: {parser_message(err)} (see 'kegnet <fit|test|...> --help')", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:
+        print(
+            "kegnet: stopped by SIGTERM; the checkpoints saved so far are kept (rerun with --ckpt_path last to resume "
+            "from the last one)",
+            file=sys.stderr,
+        )
+        sys.exit(128 + 15)
     except Exception as err:
         cause = user_error(err)
         if cause is None:

@@ -22,7 +22,8 @@ stage (:mod:`kegnet_pl.stage`), or with ``--separate_test true`` a ``kegnet fit`
 ``--jobs N`` runs up to N stages side by side (a seed's students once its generators are trained), each with CPU
 cores // N torch threads. It prints stage k of n, the time elapsed and an estimate of the time left as stages start
 and finish. Run the same command again after an interruption: finished stages are skipped and an interrupted one
-resumes from its ``last.ckpt``.
+resumes from its ``last.ckpt``. SIGTERM (``kill``, ``timeout``, a cluster's scheduler) stops the running stages at
+their next batch and starts no other; the command then exits with status 143 and the same command resumes.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ import json
 import os
 import queue
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -283,6 +286,17 @@ class Progress:
         return f"done: {ran}, up to {self.jobs} at a time{threads}"
 
 
+class Stopped(KegnetError):
+    """The pipeline was sent a signal (SIGTERM) and stopped its stages."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name}: the running stages stopped at their next batch and no other "
+            "started; finished stages and checkpoints are kept: run the same command again to resume"
+        )
+
+
 class Worker:
     """A ``python -m kegnet_pl.stage --worker`` process: it starts up once (Python, torch, Lightning: seconds of CPU)
     and runs stage after stage, each as its own ``python -m kegnet_pl.stage`` command would."""
@@ -351,6 +365,9 @@ class Pipeline:
         self.separate_test = separate_test
         self._idle: queue.SimpleQueue[Worker] = queue.SimpleQueue()  # workers waiting for a stage
         self._workers: list[Worker] = []
+        self._processes: set[subprocess.Popen] = set()  # every stage process alive (workers included)
+        self._lock = threading.RLock()  # re-entrant: the SIGTERM handler may interrupt the main thread holding it
+        self._stopped: int | None = None  # the signal that stopped the run
         self.threads = threads if threads is not None else (max(1, cpu_cores() // jobs) if jobs > 1 else None)
         # A stage that starts when nothing runs and nothing else can start stays alone until it ends (others wait for
         # it): it gets every core, unless the user fixed the thread count (--threads).
@@ -418,8 +435,12 @@ class Pipeline:
             status = self._in_worker(args, log, threads)
         else:
             with log.open("a") as handle:
-                env = self._env(threads)
-                status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env).returncode
+                process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=self._env(threads))
+                with self._lock:
+                    self._processes.add(process)
+                status = process.wait()
+                with self._lock:
+                    self._processes.discard(process)
         if status != 0:
             tail = [line for line in log.read_text().splitlines() if line.strip()][-5:]
             ends = "\n  ".join(tail)
@@ -441,9 +462,21 @@ class Pipeline:
         return status
 
     def _start_worker(self) -> Worker:
-        worker = Worker(self._env(self.threads))
-        self._workers.append(worker)
+        with self._lock:
+            worker = Worker(self._env(self.threads))
+            self._workers.append(worker)
+            self._processes.add(worker.process)
         return worker
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        """The SIGTERM handler: pass the signal to every stage process (Lightning stops a fit at its next batch) and
+        start no other stage; :meth:`_schedule` then raises :class:`Stopped` (it prints nothing: the main thread may
+        be printing)."""
+        self._stopped = signum
+        with self._lock:
+            alive = [process for process in self._processes if process.poll() is None]
+        for process in alive:
+            process.send_signal(signum)
 
     @staticmethod
     def action(folder: Path, train: bool) -> str:
@@ -531,27 +564,37 @@ class Pipeline:
         the order of ``plan``; their results by folder. After a failure no stage starts: those running finish (as
         ``make`` does, so their work is kept) and the first error is raised."""
         results: dict[Path, dict[str, Any]] = {}
-        if not self.separate_test:  # they start up while the first stages run
-            todo = [stage for stage in plan if not (stage.folder / RESULT).is_file()]
-            for _ in range(min(self.jobs, len(todo))):
-                self._idle.put(self._start_worker())
+        handles = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
+        before = signal.signal(signal.SIGTERM, self._stop) if handles else None
+        self._stopped = None
         try:
+            if not self.separate_test:  # they start up while the first stages run
+                todo = [stage for stage in plan if not (stage.folder / RESULT).is_file()]
+                for _ in range(min(self.jobs, len(todo))):
+                    self._idle.put(self._start_worker())
             self._schedule(plan, progress, results)
         finally:
             for worker in self._workers:
                 worker.close()
-            self._workers, self._idle = [], queue.SimpleQueue()
+            self._workers, self._idle, self._processes = [], queue.SimpleQueue(), set()
+            if handles:
+                signal.signal(signal.SIGTERM, before)
         return results
 
     def _schedule(self, plan: list[Stage], progress: Progress, results: dict[Path, dict[str, Any]]) -> None:
         pending, running = list(plan), {}
         failure: BaseException | None = None
+        announced = False
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             while pending or running:
+                if self._stopped is not None and not announced and running:
+                    announced = True
+                    name = signal.Signals(self._stopped).name
+                    self.echo(f"{name}: waiting for the {len(running)} stage(s) still running to stop at a batch")
                 ready = [stage for stage in pending if stage.after is None or stage.after in results]
                 alone = not running and len(ready) == 1  # nothing can start beside it before it ends
                 threads = self.alone_threads if alone else self.threads
-                for stage in ready[: self.jobs - len(running)] if failure is None else []:
+                for stage in ready[: self.jobs - len(running)] if failure is None and self._stopped is None else []:
                     pending.remove(stage)
                     action = self.action(stage.folder, stage.train)
                     log = "" if action.startswith("finished") else f" (log: {stage.folder / 'stage.log'})"
@@ -569,10 +612,12 @@ class Pipeline:
                         results[stage.folder] = job.result()
                     except Exception as err:  # the others finish first; then the first error is raised
                         failure = failure or err
-                        if running:
+                        if running and self._stopped is None:
                             self.echo(f"{self._name(stage)} failed; waiting for the {len(running)} stage(s) running")
                         continue
                     progress.finished(stage.folder, self._name(stage), results[stage.folder], skipped)
+        if self._stopped is not None:
+            raise Stopped(self._stopped)
         if failure is not None:
             raise failure
 
@@ -1001,6 +1046,9 @@ def main(args: list[str] | None = None) -> None:
     options = {key: value for key, value in vars(config).items() if key != "config" and not key.startswith("__")}
     try:
         results = run_pipeline(**options)
+    except Stopped as err:
+        print(f"kegnet-pipeline: {err}", file=sys.stderr)
+        sys.exit(128 + err.signum)
     except KegnetError as err:
         print(f"kegnet-pipeline: error: {err}", file=sys.stderr)
         sys.exit(2)

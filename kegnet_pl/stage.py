@@ -14,13 +14,18 @@ the arguments above, the file its output is appended to, and the torch threads t
 are), answering each with a line ``{"exit": status}``. Each stage runs as
 its own command would: the command line and environment variables are those of ``python -m kegnet_pl.stage ARGS``
 while it runs (Lightning's DDP launcher starts the other ranks with that command) and are put back afterwards. A
-worker in which a stage left a distributed process group exits after it.
+worker in which a stage left a distributed process group exits after it. On Linux a worker is sent SIGTERM when the
+process that started it dies (even by SIGKILL), so a stage never runs on for minutes with no one to read its result:
+Lightning stops it at the next batch, and the worker exits.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -95,9 +100,28 @@ def run_logged(words: list[str], log: str, threads: int | None = None) -> int:
     return status
 
 
+def terminate_with_parent() -> bool:
+    """Ask Linux to send this process SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``); whether it could.
+    Elsewhere nothing is done: a worker whose pipeline was killed then finishes its stage before it notices."""
+    if not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
 def worker() -> None:
     """Run stage after stage, one per line of standard input, until it closes (see the module docstring)."""
-    replies = os.fdopen(os.dup(1), "w", buffering=1)  # the answers alone: anything else printed goes to stderr
+    terminate_with_parent()
+    replies = os.dup(1)  # the answers alone (unbuffered): anything else printed goes to stderr
     os.dup2(2, 1)
     import kegnet_pl.cli  # noqa: F401  (the start-up, once, while the pipeline runs other stages)
 
@@ -105,7 +129,10 @@ def worker() -> None:
         request = json.loads(line)
         status = run_logged(request["args"], request["log"], request.get("threads"))
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        replies.write(json.dumps({"exit": status, "retired": distributed}) + "\n")
+        try:
+            os.write(replies, (json.dumps({"exit": status, "retired": distributed}) + "\n").encode())
+        except BrokenPipeError:  # the pipeline is gone: no one to answer, nothing left to run
+            return
         if distributed:  # a process group cannot be set up again in this process
             return
 

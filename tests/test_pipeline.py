@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -90,6 +91,69 @@ def test_killed_pipeline_resumes_the_interrupted_stage(tmp_path):
     assert len(fits) == 2 and "--ckpt_path" in fits[1] and "--ckpt_path" not in fits[0]
     assert len(stage_commands(tmp_path / "run" / "seed0" / "generator", "fit")) == 1
     assert done.stdout.strip().splitlines()[-1].startswith("results: ")
+
+
+def children(pid):
+    """The live processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
+        if entry.name.isdigit() and fields[0] != "Z" and int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def start_long_pipeline(tmp_path):
+    """A pipeline whose student stage runs for minutes, once that stage has saved its first checkpoint: the process
+    (its stdout and stderr piped), the stage folder and the pipeline's stage processes (its workers)."""
+    config = write_config(tmp_path, student_args=[*TINY["student_args"][1:], "--trainer.max_epochs=400"])
+    command = [sys.executable, "-m", "kegnet_pl.pipeline", "--config", str(config)]
+    stage = tmp_path / "run" / "seed0" / "student1-kegnet"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (stage / "checkpoints" / "last.ckpt").is_file() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    assert process.poll() is None, process.communicate()[1][-2000:]
+    workers = children(process.pid)
+    assert workers, "the pipeline runs its stages in worker processes"
+    return process, stage, workers
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_the_running_stage_and_exits_143(tmp_path):
+    process, stage, workers = start_long_pipeline(tmp_path)
+    process.send_signal(signal.SIGTERM)  # the pipeline alone, as `kill` or a scheduler sends it
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in err and "run the same command again to resume" in err
+    assert not any(alive(pid) for pid in workers)
+    assert "kegnet: stopped by SIGTERM" in (stage / "stage.log").read_text()  # Lightning stopped it at a batch
+    assert not (stage / "result.json").exists() and (stage / "checkpoints" / "last.ckpt").is_file()
+    assert "uniform" not in out  # no stage started after the signal
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) and /proc")
+def test_workers_stop_when_the_pipeline_is_killed(tmp_path):
+    process, stage, workers = start_long_pipeline(tmp_path)
+    process.kill()  # SIGKILL: no handler runs in the pipeline
+    process.communicate()
+    deadline = time.time() + 60
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in workers), "a worker ran on with no pipeline to answer"
+    assert "kegnet: stopped by SIGTERM" in (stage / "stage.log").read_text()
 
 
 def test_missing_config_is_one_clear_error(tmp_path, capsys):
