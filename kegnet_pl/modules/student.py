@@ -375,11 +375,15 @@ class StudentModule(TeacherStage):
         check_data_fits("StudentModule", self.input_shape, self.num_classes, getattr(datamodule, "eval_data", None))
         self.source.set_rank(self.global_rank)
         strategy = self.trainer.strategy if self._trainer is not None else None
+        # Lightning keeps DDP's options in a private dict; where a release names it otherwise, nothing is refused
+        # here (torch's own error about parameters that got no gradient then stops a plain DDP run in its first steps)
+        # rather than refusing the strategies that work
+        ddp_options = getattr(strategy, "_ddp_kwargs", None) if isinstance(strategy, DDPStrategy) else None
         if (
             stage == "fit"
             and self.adversary is not None
-            and isinstance(strategy, DDPStrategy)
-            and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False)
+            and isinstance(ddp_options, dict)
+            and not ddp_options.get("find_unused_parameters", False)
         ):
             raise ConfigError(
                 "StudentModule: the adversary (adversary_fraction > 0) trains on one step in adversary_every, which "
