@@ -96,3 +96,19 @@ def test_bad_weights_file_exits_with_one_line(tmp_path, capsys):
         run(["test", "--config", str(config), "--model.init_args.weights", str(tmp_path / "missing.ckpt")])
     assert exit_info.value.code == 2
     assert "kegnet: error: checkpoint file" in capsys.readouterr().err
+
+
+def test_a_fit_stopped_by_sigterm_exits_143_not_0(monkeypatch, capsys):
+    """Lightning ends a fit stopped by SIGTERM with its SIGTERMException, a SystemExit of status 0."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    import kegnet_pl.cli
+
+    def stopped(args):
+        raise SIGTERMException
+
+    monkeypatch.setattr(kegnet_pl.cli, "build_cli", stopped)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "any.yaml"])
+    assert exit_info.value.code == 143
+    assert "kegnet: stopped by SIGTERM" in capsys.readouterr().err
