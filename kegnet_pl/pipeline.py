@@ -219,7 +219,8 @@ def clock(seconds: float) -> str:
 class Progress:
     """Where a run stands, printed as stages start and finish: stage k of n, the time elapsed, and the time left,
     estimated from the stages run so far: each stage still to finish takes the mean time of those of its kind (else
-    of all), less what it ran already, the sum shared out over the stages that run side by side."""
+    the time recorded by stages of its kind that finished in an earlier run, else the mean of all), less what it ran
+    already, the sum shared out over the stages that run side by side."""
 
     def __init__(
         self,
@@ -236,6 +237,7 @@ class Progress:
         self.numbers: dict[Path, int] = {}  # stage k of n, in the order they started
         self.running: dict[Path, float] = {}  # when each stage running began
         self.took: list[tuple[str, float]] = []  # (kind, seconds) of the stages that ran
+        self.recorded: list[tuple[str, float]] = []  # (kind, seconds) that skipped stages took when they ran
         self.finished_before = 0
 
     def started(self, folder: Path, text: str) -> None:
@@ -245,8 +247,10 @@ class Progress:
 
     def finished(self, folder: Path, name: str, result: dict[str, Any], skipped: bool = False) -> None:
         seconds = self.now() - self.running.pop(folder)
-        if skipped:  # its start line said so; it tells nothing of how long a stage takes
+        if skipped:  # its start line said so; the time its result records is a hint for stages of its kind
             self.finished_before += 1
+            if isinstance(result.get("seconds"), int | float):
+                self.recorded.append((self.kinds[folder], float(result["seconds"])))
             return
         self.took.append((self.kinds[folder], seconds))
         accuracy = result.get("test/acc")
@@ -258,16 +262,18 @@ class Progress:
         )
 
     def left(self) -> float | None:
-        """Seconds left, estimated; None before any stage has run."""
-        if not self.took:
+        """Seconds left, estimated; None before any stage has run or recorded its time."""
+        if not self.took and not self.recorded:
             return None
-        overall = statistics.mean(seconds for _, seconds in self.took)
-        by_kind: dict[str, list[float]] = {}
-        for kind, seconds in self.took:
-            by_kind.setdefault(kind, []).append(seconds)
+        overall = statistics.mean(seconds for _, seconds in (self.took or self.recorded))
+        mean = {}
+        for times in (self.recorded, self.took):  # this run's own times of a kind replace those recorded
+            by_kind: dict[str, list[float]] = {}
+            for kind, seconds in times:
+                by_kind.setdefault(kind, []).append(seconds)
+            mean.update({kind: statistics.mean(values) for kind, values in by_kind.items()})
         now = self.now()
         todo = [folder for folder in self.kinds if folder not in self.numbers or folder in self.running]
-        mean = {kind: statistics.mean(times) for kind, times in by_kind.items()}
         work = sum(max(0.0, mean.get(self.kinds[f], overall) - (now - self.running.get(f, now))) for f in todo)
         return work / max(1, min(self.jobs, len(todo)))
 

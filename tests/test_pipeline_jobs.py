@@ -219,6 +219,24 @@ def test_progress_counts_stages_and_estimates_the_time_left_from_those_of_their_
     assert clock(59.6) == "1:00" and clock(3600) == "1:00:00"
 
 
+def test_a_resumed_run_estimates_from_the_times_its_finished_stages_recorded():
+    """Not from the mean of all: a resumed run's first stages (generators) can take ten times its students'."""
+    now, lines = [0.0], []
+    kinds = {Path("g0"): "generator", Path("k0"): "kegnet", Path("g1"): "generator", Path("k1"): "kegnet"}
+    progress = Progress(kinds, jobs=1, threads=None, echo=lines.append, now=lambda: now[0])
+    progress.started(Path("g0"), "g0: finished before, skipped")
+    progress.finished(Path("g0"), "g0", {"seconds": 600.0}, skipped=True)
+    progress.started(Path("k0"), "k0: finished before, skipped")
+    progress.finished(Path("k0"), "k0", {"seconds": 60.0, "test/acc": 0.9}, skipped=True)
+    assert progress.left() == pytest.approx(600 + 60)  # the recorded time of each kind
+    progress.started(Path("g1"), "g1: training")
+    now[0] = 300.0
+    progress.finished(Path("g1"), "g1", {})
+    assert progress.left() == pytest.approx(60)  # k1: the kegnet stage's recorded 60 s, not the mean of all
+    assert lines[-1].endswith("(5:00 elapsed, about 1:00 left)")
+    assert progress.summary().startswith("done: 4 stages in 5:00 (2 finished before)")
+
+
 def test_the_test_after_a_fit_has_the_fits_arguments_and_its_last_checkpoint():
     fit = ["--config", "c.yaml", "--ckpt_path", "run/last.ckpt", "--trainer.max_epochs=2", "--ckpt_path=x.ckpt"]
     assert arguments_to_test(fit) == ["test", "--config", "c.yaml", "--trainer.max_epochs=2", "--ckpt_path", "last"]
