@@ -22,7 +22,6 @@ Lightning stops it at the next batch, and the worker exits.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import os
 import signal
@@ -107,7 +106,7 @@ def terminate_with_parent() -> bool:
         return False
     parent = os.getppid()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc's prctl among them
         pr_set_pdeathsig = 1
         if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
             return False

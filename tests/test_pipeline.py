@@ -70,14 +70,22 @@ def test_pipeline_writes_results_and_skips_finished_stages(tmp_path, capsys):
     assert len(stage_commands(stage, "fit")) == 1
 
 
-def test_killed_pipeline_resumes_the_interrupted_stage(tmp_path):
-    config = write_config(tmp_path, student_args=[*TINY["student_args"][1:], "--trainer.max_epochs=40"])
+def start_pipeline(tmp_path, max_epochs, **popen):
+    """A pipeline whose student stage trains ``max_epochs`` tiny epochs, once that stage has saved its first
+    checkpoint: the process (started with ``popen``), its command and the stage folder."""
+    config = write_config(tmp_path, student_args=[*TINY["student_args"][1:], f"--trainer.max_epochs={max_epochs}"])
     command = [sys.executable, "-m", "kegnet_pl.pipeline", "--config", str(config)]
     stage = tmp_path / "run" / "seed0" / "student1-kegnet"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(command, **popen)
     deadline = time.time() + 240
     while not (stage / "checkpoints" / "last.ckpt").is_file() and time.time() < deadline and process.poll() is None:
         time.sleep(0.5)
+    return process, command, stage
+
+
+def test_killed_pipeline_resumes_the_interrupted_stage(tmp_path):
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
+    process, command, stage = start_pipeline(tmp_path, 40, **quiet)
     time.sleep(1.0)
     os.killpg(process.pid, signal.SIGKILL)  # the pipeline and the stage it runs, mid-training
     process.wait()
@@ -97,12 +105,14 @@ def children(pid):
     """The live processes whose parent is ``pid`` (Linux /proc)."""
     found = []
     for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
             stat = (entry / "stat").read_text()
-        except (OSError, ValueError):
+        except OSError:  # it ended meanwhile
             continue
         fields = stat.rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
-        if entry.name.isdigit() and fields[0] != "Z" and int(fields[1]) == pid:
+        if fields[0] != "Z" and int(fields[1]) == pid:
             found.append(int(entry.name))
     return found
 
@@ -116,15 +126,10 @@ def alive(pid):
 
 
 def start_long_pipeline(tmp_path):
-    """A pipeline whose student stage runs for minutes, once that stage has saved its first checkpoint: the process
-    (its stdout and stderr piped), the stage folder and the pipeline's stage processes (its workers)."""
-    config = write_config(tmp_path, student_args=[*TINY["student_args"][1:], "--trainer.max_epochs=400"])
-    command = [sys.executable, "-m", "kegnet_pl.pipeline", "--config", str(config)]
-    stage = tmp_path / "run" / "seed0" / "student1-kegnet"
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not (stage / "checkpoints" / "last.ckpt").is_file() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.5)
+    """:func:`start_pipeline` with a student stage that runs for minutes (stdout and stderr piped): the process, the
+    stage folder and the pipeline's stage processes (its workers)."""
+    pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    process, _, stage = start_pipeline(tmp_path, 400, **pipe)
     assert process.poll() is None, process.communicate()[1][-2000:]
     workers = children(process.pid)
     assert workers, "the pipeline runs its stages in worker processes"
