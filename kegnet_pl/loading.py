@@ -15,6 +15,7 @@ kind, before anything is built from it.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import pickle
@@ -350,8 +351,14 @@ class CheckedLoading:
         state = obj.get("state_dict")
         if not isinstance(state, Mapping):
             raise CheckpointError(f"{path!r} is not a Lightning checkpoint of a {cls.__name__} (it has no state_dict)")
+        from kegnet_pl.compression.tucker import structure_only
+
+        # every weight is loaded from the file (strict loading): Tucker layers need their shapes, not a decomposition
+        strict = not args and kwargs.get("strict") is not False and getattr(cls, "strict_loading", True)
+        skip = structure_only() if strict else contextlib.nullcontext()
         try:
-            return super().load_from_checkpoint(path, map_location, *args, **kwargs)
+            with skip:
+                return super().load_from_checkpoint(path, map_location, *args, **kwargs)
         except KegnetError as err:
             if path in str(err):
                 raise

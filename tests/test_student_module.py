@@ -319,3 +319,21 @@ def test_a_teacher_file_without_its_architecture_takes_the_teacher_options(tmp_p
         teacher=str(bare), teacher_arch="lenet5", input_shape=[1, 32, 32], num_classes=10, source="uniform", pool_size=4
     )
     assert model.num_classes == 10 and model.input_shape == (1, 32, 32)
+
+
+def test_reading_a_student_back_skips_the_decomposition_its_weights_replace(tiny_checkpoints, monkeypatch):
+    from kegnet_pl.compression import tucker
+
+    path = tiny_checkpoints["student"]
+    expected = StudentModule.load_from_checkpoint(path, strict=False).eval()  # decomposed, then loaded over
+    calls = []
+    real = tucker.partial_tucker
+    monkeypatch.setattr(tucker, "partial_tucker", lambda *a, **k: calls.append(1) or real(*a, **k))
+    loaded = StudentModule.load_from_checkpoint(path).eval()  # strict: every weight comes from the file
+    assert calls == []
+    x = torch.randn(3, 1, 32, 32)
+    assert torch.equal(loaded(x), expected(x))
+    StudentModule.load_from_checkpoint(path, strict=False)  # not every weight need come: decompose as before
+    assert calls
+    model = StudentModule(generators=str(tiny_checkpoints["generator"]), student={"fc2": [4, 4]}, pool_size=8)
+    assert model.student.fc2.core.weight.abs().sum() > 0  # outside reading a checkpoint, layers are decomposed

@@ -12,13 +12,19 @@ applied in turn, kept as an ``nn.Sequential`` with the children ``first``, ``cor
 
 At full ranks the replacement computes the original layer exactly (up to rounding). Ranks are always given as
 ``(r_out, r_in)``, output mode first, like the weight's dimensions.
+
+Within :func:`structure_only` the replacements get their shapes but zero weights and no decomposition: for networks
+whose every weight is loaded next, as when a checkpoint of a compressed student is read back (the decomposition would
+be thrown away, and it is most of the time that reading takes).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorly as tl
@@ -28,6 +34,19 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from kegnet_pl.errors import ConfigError
+
+_STRUCTURE_ONLY = contextvars.ContextVar("kegnet_tucker_structure_only", default=False)
+
+
+@contextlib.contextmanager
+def structure_only() -> Iterator[None]:
+    """Within this context, :func:`tucker2` returns zero factors of the right shapes instead of decomposing: for a
+    network built only to have its every weight loaded next (reading a checkpoint back)."""
+    token = _STRUCTURE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _STRUCTURE_ONLY.reset(token)
 
 
 def check_ranks(ranks: Sequence[int], sizes: Sequence[int], layer: str) -> tuple[int, int]:
@@ -65,6 +84,14 @@ def tucker2(weight: torch.Tensor, ranks: Sequence[int]) -> tuple[torch.Tensor, t
         ``weight ~ core x_0 u_out x_1 u_in``.
     """
     r_out, r_in = check_ranks(ranks, weight.shape[:2], f"tensor of shape {tuple(weight.shape)}")
+    if _STRUCTURE_ONLY.get():  # the weights come next: shapes are all that is needed
+        zeros = {"dtype": torch.float64}
+        out_size, in_size = weight.shape[:2]
+        return (
+            torch.zeros(r_out, r_in, *weight.shape[2:], **zeros),
+            torch.zeros(out_size, r_out, **zeros),
+            torch.zeros(in_size, r_in, **zeros),
+        )
     array = weight.detach().to(device="cpu", dtype=torch.float64).numpy()
     with tl.backend_context("numpy", local_threadsafe=True), warnings.catch_warnings():
         # a rank above the other mode's rank is legal: TensorLy warns, then completes the factor orthonormally
