@@ -4,11 +4,13 @@
     kegnet test --config configs/mnist_subset/teacher.yaml --model.weights checkpoints/mnist_subset_lenet5.ckpt
     kegnet fit  --config configs/mnist_subset/teacher.yaml --ckpt_path last     # resume
     kegnet export runs/student/last.ckpt --format onnx --out student.onnx       # the student alone
+    kegnet choose runs/a/last.ckpt runs/b/last.ckpt                             # which student, without data
 
 
 Models and DataModules are given by class name in the YAML (``class_path: TeacherModule``); every
-``__init__`` argument is a documented option (``kegnet fit --help``, ``--print_config``). ``kegnet export`` is not a
-Trainer method: :func:`main` hands it to :mod:`kegnet_pl.export` before LightningCLI parses anything.
+``__init__`` argument is a documented option (``kegnet fit --help``, ``--print_config``). ``kegnet export`` and
+``kegnet choose`` are not Trainer methods: :func:`main` hands them to :mod:`kegnet_pl.export` and
+:mod:`kegnet_pl.selection` before LightningCLI parses anything.
 """
 
 from __future__ import annotations
@@ -310,7 +312,8 @@ def resumes_last(config: Any) -> Path | None:
 
 DESCRIPTION = (
     "Train and test KegNet's stages (fit, validate, test, predict: a LightningCLI). Also: kegnet export CHECKPOINT "
-    "--format onnx|pt2 --out FILE writes a student alone (see kegnet export --help)."
+    "--format onnx|pt2 --out FILE writes a student alone (see kegnet export --help); kegnet choose CHECKPOINT... "
+    "names the student of one teacher to ship, without data (see kegnet choose --help)."
 )
 
 
@@ -336,6 +339,13 @@ def main(args: list[str] | None = None) -> None:
     words = list(sys.argv[1:] if args is None else args)
     if words[:1] == ["export"]:  # not a Trainer method: its own parser (kegnet_pl.export)
         export_main(words[1:])
+        return
+    if words[:1] == ["choose"]:  # nor this one (kegnet_pl.selection)
+        from kegnet_pl.selection import main as choose_main
+
+        status = choose_main(words[1:])
+        if status:
+            sys.exit(status)
         return
     try:
         build_cli(args)

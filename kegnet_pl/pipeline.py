@@ -10,8 +10,9 @@ runs only for ``kegnet``::
     <out>/seed<S>/<stage>/config.yaml      the stage's full config: `kegnet fit --config` reruns it exactly
     <out>/seed<S>/<stage>/stage.log        what the stage printed
     <out>/seed<S>/<stage>/result.json      written when the stage finished (a finished stage is skipped)
-    <out>/results.json, results.md         accuracy, parameters, compression ratio and wall time per stage, and
-                                           the payoff of compression: FLOPs and CPU latency against the teacher
+    <out>/results.json, results.md         accuracy, parameters, compression ratio and wall time per stage, the
+                                           payoff of compression (FLOPs and CPU latency against the teacher), and
+                                           the student of each size chosen without data (kegnet_pl.selection)
     <out>/payoff.json                      those figures of the teacher and each student preset, measured once
     <out>/accuracy_vs_size.png             test accuracy against parameters, a series per method
     <out>/samples.png                      the generators' image grid, a row per class
@@ -52,6 +53,7 @@ from kegnet_pl.atomic import atomic_write, atomic_write_text
 from kegnet_pl.errors import ConfigError, KegnetError, parser_message
 
 RESULT = "result.json"
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
 METRICS = "metrics.json"
 PAYOFF = "payoff.json"
 #: seconds per latency measurement (3 rounds, 2 batch sizes): the teacher and 3 LeNet5 students took 10 to 12 s on
@@ -561,6 +563,7 @@ class Pipeline:
             if not any(row["seed"] == stage.seed for row in rows):  # every stage tests the same teacher
                 rows.append(self._row("teacher", None, stage.seed, result, teacher=True))
             rows.append(self._row(stage.method, stage.student, stage.seed, result))
+        rows = self._choose(plan, rows)
         path = self._write(rows, stages)
         self.echo(progress.summary())
         return path
@@ -678,6 +681,69 @@ class Pipeline:
             "compression_ratio": round(result["compression_ratio"], 3),
             "seconds": result["seconds"],
         }
+
+    # --- choosing a student without data ------------------------------------------------------------
+    def _choose(self, plan: list[Stage], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows with each trained student's data-free score (``probe_agreement``, ``probe_kl``) and, per seed and
+        student, ``chosen: true`` on the one that scores best (:mod:`kegnet_pl.selection`); unchanged, with a line
+        saying why, when the students cannot be scored in this process."""
+        from kegnet_pl import selection
+
+        started = time.perf_counter()
+        scores: dict[tuple[int, int, str], selection.Score] = {}
+        try:
+            for seed in self.seeds:
+                candidates = [
+                    stage
+                    for stage in plan
+                    if stage.seed == seed and stage.student is not None and (stage.folder / CHECKPOINT).is_file()
+                ]
+                if not candidates:
+                    continue
+                probes = None
+                for stage in candidates:
+                    loaded = selection.load_stage(stage.folder / CHECKPOINT)
+                    if probes is None:
+                        generators = self.out / f"seed{seed}" / "generator" / CHECKPOINT
+                        strokes = self._strokes_settings()
+                        sources = selection.probe_sources(
+                            loaded.input_shape, strokes, str(generators) if generators.is_file() else None
+                        )
+                        probes = selection.make_probes(
+                            loaded.teacher, sources, loaded.input_shape, loaded.num_classes, seed
+                        )
+                        self.echo(f"seed {seed}: students scored on {probes.describe()} the teacher is sure of")
+                    scores[seed, stage.student, stage.method] = selection.score(loaded.student, probes)
+        except (KegnetError, OSError, RuntimeError) as err:
+            self.echo(f"no student chosen without data: {err}")
+            return rows
+        chosen = set()
+        for seed, student in {(seed, student) for seed, student, _ in scores}:
+            mine = {method: value for (s, n, method), value in scores.items() if (s, n) == (seed, student)}
+            chosen.add((seed, student, selection.choose(mine)))
+        done = []
+        for row in rows:
+            key = (row["seed"], row["student"], row["method"])
+            if key in scores:
+                row = {
+                    **row,
+                    "probe_agreement": scores[key].agreement,
+                    "probe_kl": scores[key].kl,
+                    "chosen": key in chosen,
+                }
+            done.append(row)
+        if scores:
+            self.echo(f"{len(scores)} students scored without data in {time.perf_counter() - started:.1f} s")
+        return done
+
+    def _strokes_settings(self) -> dict[str, Any] | None:
+        """The pen strokes' settings the run's students are given (their args, then their config), if any."""
+        given = arg_value(self.student_args, "model.strokes")
+        if given is None:
+            given = self.student_base.get("model", {}).get("init_args", {}).get("strokes")
+        if isinstance(given, str):
+            given = yaml.safe_load(given)
+        return dict(given) if isinstance(given, dict) else None
 
     def _write(self, rows: list[dict[str, Any]], stages: list[dict[str, Any]]) -> Path:
         rows = with_payoff(rows, self.students, self._payoff())
@@ -856,11 +922,13 @@ def results_table(
             cells.append(_mean_std([r["accuracy"] for r in picked]))
         if any(cell != "n/a" for cell in cells):
             lines.append(f"| {_name(method)} | " + " | ".join(cells) + " |")
+    lines += _chosen_rows(rows, numbers)
     if scratch:
         lines += [
             "",
             "from scratch: the student is a registered classifier trained from random weights (no Tucker start).",
         ]
+    lines += _probe_table(rows, numbers, order)
     lines += _fidelity_table(stages, students, order)
     lines += _payoff_table(rows, students, latency_threads)
     lines += [
@@ -881,6 +949,54 @@ def results_table(
     if generator:
         lines += ["", f"Generator training: {_budget(generator)} per seed, shared by the KegNet students."]
     return "\n".join(lines)
+
+
+def _chosen_rows(rows: list[dict[str, Any]], numbers: Sequence[int]) -> list[str]:
+    """The accuracy of the student chosen without data for each student (mean ± std over seeds), then which method
+    was chosen on which seed; nothing when no row was scored."""
+    chosen = [row for row in rows if row.get("chosen")]
+    if not chosen:
+        return []
+    cells = [_mean_std([r["accuracy"] for r in chosen if r["student"] == number]) for number in numbers]
+    picks = []
+    for number in numbers:
+        by_method: dict[str, list[int]] = {}
+        for row in sorted(chosen, key=lambda r: r["seed"]):
+            if row["student"] == number:
+                by_method.setdefault(row["method"], []).append(row["seed"])
+        if by_method:
+            said = ", ".join(
+                f"{_name(method)} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+                for method, seeds in by_method.items()
+            )
+            picks.append(f"student {number}: {said}")
+    return [
+        "| **Chosen without data** (best probe agreement, below) | " + " | ".join(cells) + " |",
+        "",
+        "Chosen without data (the student of each seed that agrees most with the teacher on the artificial probes it "
+        "is sure of; no real data): " + "; ".join(picks) + ".",
+    ]
+
+
+def _probe_table(rows: list[dict[str, Any]], numbers: Sequence[int], order: Sequence[str]) -> list[str]:
+    """Each trained student's data-free score: agreement (%) with the teacher on the probes it is sure of."""
+    from kegnet_pl.selection import CONFIDENCE
+
+    lines = []
+    for method in order:
+        values = [
+            [r.get("probe_agreement") for r in rows if r["method"] == method and r["student"] == n] for n in numbers
+        ]
+        if any(v is not None for cell in values for v in cell):
+            lines.append(f"| {_name(method)} | " + " | ".join(_mean_std(cell) for cell in values) + " |")
+    if not lines:
+        return []
+    header = "| method | " + " | ".join(f"student {n}" for n in numbers) + " |"
+    title = (
+        "Agreement (%) with the teacher on the artificial probes that it calls with probability >= "
+        f"{CONFIDENCE}: the data-free score that chooses (kegnet_pl.selection)"
+    )
+    return ["", title, "", header, "|---" * (len(numbers) + 1) + "|", *lines]
 
 
 def _payoff_table(rows: list[dict[str, Any]], students: Sequence[str], latency_threads: int | None) -> list[str]:

@@ -24,6 +24,7 @@ from kegnet_pl.compression.cli import main as compress_main
 from kegnet_pl.errors import KegnetError
 from kegnet_pl.loading import load_classifier
 from kegnet_pl.modules import GeneratorModule, StudentModule, TeacherModule
+from kegnet_pl.selection import load_stage
 
 try:
     from threadpoolctl import threadpool_limits
@@ -49,12 +50,13 @@ READERS = {
     "--model.generators": lambda path: StudentModule(generators=str(path), student=FIXED_RANKS, pool_size=8),
     "--model.teacher": _teacher_module,
     "--ckpt_path": lambda path: AtomicCheckpointIO().load_checkpoint(path),
+    "kegnet choose": lambda path: load_stage(path),
 }
 #: The readers of each kind of file (every reader also gets the other kinds' byte-level mutations).
 FOR_KIND = {
     "teacher": ["load_classifier", "TeacherModule.load_from_checkpoint", "--model.teacher", "--ckpt_path"],
     "generator": ["GeneratorModule.load_from_checkpoint", "--model.generators", "--ckpt_path", "load_classifier"],
-    "student": ["StudentModule.load_from_checkpoint", "--ckpt_path", "load_classifier"],
+    "student": ["StudentModule.load_from_checkpoint", "--ckpt_path", "load_classifier", "kegnet choose"],
 }
 
 

@@ -45,8 +45,14 @@ def test_pipeline_writes_results_and_skips_finished_stages(tmp_path, capsys):
     ]
     for row in rows:
         keys = {"method", "student", "seed", "accuracy", "params", "compression_ratio", "seconds", *payoff.ROW_KEYS}
+        if row["method"] in ("kegnet", "uniform"):  # trained students are scored without data
+            keys |= {"probe_agreement", "probe_kl", "chosen"}
+            assert 0 <= row["probe_agreement"] <= 1 and row["probe_kl"] >= 0
         assert set(row) == keys
         assert 0 <= row["accuracy"] <= 1 and row["seed"] == 0
+    chosen = [row for row in rows if row.get("chosen")]
+    assert len(chosen) == 1 and chosen[0]["probe_agreement"] == max(r["probe_agreement"] for r in rows[2:])
+    assert "students scored on" in "\n".join(out) and "2 students scored without data" in "\n".join(out)
     assert rows[0]["params"] == 61_706 and rows[0]["compression_ratio"] == 1.0
     assert rows[1]["params"] < 61_706 and rows[1]["compression_ratio"] > 1
     measured = json.loads((run / "payoff.json").read_text())  # the student built here is the one the stages trained
@@ -55,6 +61,10 @@ def test_pipeline_writes_results_and_skips_finished_stages(tmp_path, capsys):
     assert (run / "accuracy_vs_size.png").read_bytes().startswith(b"\x89PNG")
     table = (run / "results.md").read_text()
     assert "| +KegNet |" in table
+    assert f"| **Chosen without data** (best probe agreement, below) | {100 * chosen[0]['accuracy']:.2f} |" in table
+    name = {"kegnet": "+KegNet", "uniform": "+Uniform"}[chosen[0]["method"]]
+    assert f"student 1: {name} (seed 0)." in table
+    assert f"| {name} | {100 * chosen[0]['probe_agreement']:.2f} |" in table.split("artificial probes")[2]
     kl = json.loads((run / "seed0" / "student1-kegnet" / "result.json").read_text())["test/real_kl"]
     assert f"| +KegNet | {kl:.4f} |" in table.split("KL divergence from the teacher")[1]
     stage = run / "seed0" / "student1-kegnet"
@@ -246,6 +256,8 @@ def test_methods_run_side_by_side_with_their_own_budgets(tmp_path):
     assert [(r["method"], r["student"]) for r in rows] == [("teacher", None), ("kegnet", 1), ("dfad", 1)]
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     assert rows[1]["params"] == rows[2]["params"] == 15_738  # the same lenet5-half, distilled by each method
+    assert all(0 <= r["probe_agreement"] <= 1 for r in rows[1:])  # methods meet the same data-free score
+    assert sum(r["chosen"] for r in rows[1:]) == 1
     assert not (run / "seed0" / "student1-tucker").exists()
     dfad = yaml.safe_load((run / "seed0" / "student1-dfad" / "config.yaml").read_text())
     model = dfad["model"]["init_args"]

@@ -1,0 +1,237 @@
+"""Choosing between students without data: agreement with the teacher where the teacher is sure.
+
+A run trains several students of one size (KegNet and its baselines, other methods) and a user must ship one of
+them without real data to compare them on. Each student's agreement with the teacher on the inputs it trained on
+does not compare across students (every one is scored on its own kind of inputs), and neither does its agreement on
+one common mixture of artificial inputs: there the students trained on noise win, because most of such a mixture is
+noise on which the teacher itself is unsure.
+
+The score here keeps only the artificial inputs the teacher is *sure* about: probes drawn from every source the
+run knows (U(-1, 1), N(0, 1), pen strokes where the run draws them, the run's generators), of which only those the
+teacher gives a top-class probability of at least :data:`CONFIDENCE` count. A student's score is the share of those
+probes on which its top class is the teacher's (ties broken by the lower KL divergence from the teacher on them).
+Every candidate of a seed is scored on the same probes. Real data plays no part.
+
+Measured on full MNIST (README, "Choosing a student without data"): over three LeNet5 teachers (98.65 to 99.31%)
+and the paper's three students, the chosen student was on average 0.09 points below the best candidate of its seed
+on the real test images, where always shipping KegNet's student lost 0.14 and always shipping the pen-strokes student
+0.21 (which of the two is better differs between the teachers); its worst miss was 0.58 points.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kegnet_pl.data.noise import derive_seed
+from kegnet_pl.data.sources import KegnetGenerators, NormalNoise, SampleSource, Strokes, UniformNoise
+from kegnet_pl.errors import CheckpointError, KegnetError
+
+#: The teacher's top-class probability from which a probe counts.
+CONFIDENCE = 0.95
+#: Probes drawn from each source.
+PER_SOURCE = 2048
+#: Inputs per forward pass while scoring.
+BATCH = 1024
+
+
+@dataclass
+class Probes:
+    """The probes that count (``inputs``) with the teacher's log-probabilities on them (``teacher_log_probs``), and
+    how many each source gave before and after the teacher's confidence was asked (``drawn`` / ``kept``)."""
+
+    inputs: torch.Tensor
+    teacher_log_probs: torch.Tensor
+    drawn: dict[str, int] = field(default_factory=dict)
+    kept: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{name} {self.kept[name]:,}/{self.drawn[name]:,}" for name in self.drawn)
+        return f"{len(self.inputs):,} of {sum(self.drawn.values()):,} probes ({parts})"
+
+
+@dataclass(frozen=True)
+class Score:
+    """A student's agreement with the teacher on the probes (a share, 0 to 1) and its mean KL divergence there."""
+
+    agreement: float
+    kl: float
+
+    def key(self) -> tuple[float, float]:
+        """Higher is better: agreement first, then the lower KL."""
+        return (self.agreement, -self.kl)
+
+
+def probe_sources(
+    input_shape: Sequence[int],
+    strokes: Mapping[str, Any] | None = None,
+    generators: str | KegnetGenerators | None = None,
+) -> dict[str, SampleSource]:
+    """The sources of the probes: U(-1, 1) and N(0, 1) noise, pen strokes with the ``strokes`` settings (only for
+    image inputs, and only when settings are given), and KegNet generators (or a GeneratorModule checkpoint's)."""
+    sources: dict[str, SampleSource] = {"uniform": UniformNoise(), "normal": NormalNoise()}
+    if strokes is not None and len(tuple(input_shape)) == 3:
+        sources["strokes"] = Strokes(**dict(strokes))
+    if generators is not None:
+        sources["generators"] = KegnetGenerators(generators) if isinstance(generators, str) else generators
+    return sources
+
+
+@torch.no_grad()
+def make_probes(
+    teacher: nn.Module,
+    sources: Mapping[str, SampleSource],
+    input_shape: Sequence[int],
+    num_classes: int,
+    seed: int,
+    per_source: int = PER_SOURCE,
+    confidence: float = CONFIDENCE,
+) -> Probes:
+    """Draw ``per_source`` inputs from each source (each with its own generator, seeded by ``seed`` and the source's
+    name) and keep those that ``teacher`` calls with a top-class probability of at least ``confidence``."""
+    kept_inputs, kept_log_probs, drawn, kept = [], [], {}, {}
+    for name, source in sources.items():
+        source.bind(input_shape, num_classes)
+        generator = torch.Generator().manual_seed(derive_seed("probes", seed, name))
+        inputs = source.sample(per_source, generator).float()
+        log_probs = torch.cat([F.log_softmax(teacher(part), 1) for part in inputs.split(BATCH)])
+        sure = log_probs.exp().amax(1) >= confidence
+        kept_inputs.append(inputs[sure])
+        kept_log_probs.append(log_probs[sure])
+        drawn[name], kept[name] = per_source, int(sure.sum())
+    return Probes(torch.cat(kept_inputs), torch.cat(kept_log_probs), drawn, kept)
+
+
+@torch.no_grad()
+def score(student: nn.Module, probes: Probes) -> Score:
+    """``student``'s agreement with the teacher on ``probes`` and its mean KL divergence from the teacher there
+    (NaN agreement when no probe counts)."""
+    if len(probes.inputs) == 0:
+        return Score(float("nan"), float("nan"))
+    same, kl = 0, 0.0
+    for inputs, teacher in zip(probes.inputs.split(BATCH), probes.teacher_log_probs.split(BATCH), strict=True):
+        log_probs = F.log_softmax(student(inputs).float(), 1)
+        same += int((log_probs.argmax(1) == teacher.argmax(1)).sum())
+        kl += float((teacher.exp() * (teacher - log_probs)).sum())
+    return Score(same / len(probes.inputs), kl / len(probes.inputs))
+
+
+def choose(scores: Mapping[str, Score]) -> str | None:
+    """The name of the best-scoring candidate (None when none has a score)."""
+    ranked = [(value.key(), name) for name, value in scores.items() if value.agreement == value.agreement]
+    return max(ranked)[1] if ranked else None
+
+
+@dataclass
+class Loaded:
+    """A student stage's checkpoint: its student and teacher networks (eval mode, CPU), the teacher's input shape and
+    class count, and the pen strokes' settings and KegNet generators its student was distilled from (if any)."""
+
+    student: nn.Module
+    teacher: nn.Module
+    input_shape: tuple[int, ...]
+    num_classes: int
+    strokes: dict[str, Any] | None = None
+    generators: KegnetGenerators | None = None
+
+
+def load_stage(checkpoint: str | Path) -> Loaded:
+    """The student and teacher of a StudentModule (DFADModule, DAFLModule) checkpoint."""
+    from kegnet_pl.export import student_class
+    from kegnet_pl.loading import read_checkpoint
+
+    obj = read_checkpoint(checkpoint)
+    state = obj.get("state_dict")
+    if not isinstance(state, Mapping) or not any(str(key).startswith("student.") for key in state):
+        raise CheckpointError(
+            f"{str(checkpoint)!r} holds no student; give checkpoints of student stages (StudentModule, DFADModule, "
+            "DAFLModule), such as <run>/seed0/student1-kegnet/checkpoints/last.ckpt"
+        )
+    hparams = obj.get("hyper_parameters") or {}
+    module = student_class(hparams.get("_class_path")).load_from_checkpoint(str(checkpoint), map_location="cpu")
+    strokes = hparams.get("strokes")
+    trained_on = next((part for part in module.source.modules() if isinstance(part, KegnetGenerators)), None)
+    generators = None
+    if trained_on is not None:  # every generator, one-hot labels: the probes the pipeline draws from its file
+        generators = KegnetGenerators(generator_spec=trained_on.generator_spec)
+        generators.generators.load_state_dict(trained_on.generators.state_dict())
+    return Loaded(
+        module.student.eval(),
+        module.teacher.eval(),
+        tuple(module.input_shape),
+        int(module.num_classes),
+        dict(strokes) if isinstance(strokes, Mapping) else None,
+        generators,
+    )
+
+
+def same_network(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two networks hold the same tensors under the same names."""
+    left, right = a.state_dict(), b.state_dict()
+    return left.keys() == right.keys() and all(
+        left[key].shape == right[key].shape and torch.equal(left[key], right[key]) for key in left
+    )
+
+
+PROG = "kegnet choose"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of ``kegnet choose``."""
+    from kegnet_pl.errors import OneLineParser
+
+    parser = OneLineParser(
+        prog=PROG,
+        description="Score student checkpoints of one teacher without data (agreement with the teacher on artificial "
+        f"probes it calls with probability >= {CONFIDENCE}) and name the one to ship.",
+    )
+    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="student checkpoints of one teacher")
+    parser.add_argument(
+        "--generators",
+        metavar="CKPT",
+        help="a GeneratorModule checkpoint whose samples join the probes (default: the generators that a KegNet "
+        "student among the checkpoints was distilled from, which its checkpoint holds)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``kegnet choose`` (the arguments after ``choose``): a line per checkpoint, best first, then the chosen one;
+    exit 2 with one line for a file that is not a student checkpoint of the same teacher."""
+    args = build_parser().parse_args(argv)
+    try:
+        loaded = {path: load_stage(path) for path in dict.fromkeys(args.checkpoints)}
+        first_path, first = next(iter(loaded.items()))
+        for path, other in loaded.items():
+            if (other.input_shape, other.num_classes) != (first.input_shape, first.num_classes) or not same_network(
+                other.teacher, first.teacher
+            ):
+                raise CheckpointError(
+                    f"{path!r} was distilled from another teacher than {first_path!r}; the score compares students "
+                    "of one teacher only"
+                )
+        generators = args.generators or next((item.generators for item in loaded.values() if item.generators), None)
+        strokes = next((item.strokes for item in loaded.values() if item.strokes), None)
+        sources = probe_sources(first.input_shape, strokes, generators)
+        probes = make_probes(first.teacher, sources, first.input_shape, first.num_classes, args.seed)
+    except KegnetError as err:
+        build_parser().exit(2, f"{PROG}: error: {' '.join(str(err).split())}\n")
+    scores = {path: score(item.student, probes) for path, item in loaded.items()}
+    chosen = choose(scores)
+    print(f"{PROG}: {probes.describe()} the teacher is sure of")
+    for path, value in sorted(scores.items(), key=lambda item: item[1].key(), reverse=True):
+        mark = "*" if path == chosen else " "
+        print(f"{mark} agreement {100 * value.agreement:6.2f}%  KL {value.kl:.4f}  {path}")
+    if chosen is None:
+        print("chosen: none (the teacher is sure of no probe; nothing to compare the students on)")
+        return 1
+    print(f"chosen: {chosen}")
+    return 0

@@ -1,0 +1,119 @@
+"""Choosing a student without data: probes the teacher is sure of, the score on them, and the choice."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from kegnet_pl.selection import Probes, Score, choose, make_probes, probe_sources, score
+
+
+class Sign(nn.Module):
+    """Two classes decided by the sign of the first input, as sure as ``scale`` times its size."""
+
+    def __init__(self, scale=10.0, flip=False):
+        super().__init__()
+        self.scale, self.flip = scale, flip
+
+    def forward(self, x):
+        first = x.flatten(1)[:, :1] * self.scale * (-1 if self.flip else 1)
+        return torch.cat([first, -first], 1)
+
+
+def test_only_the_probes_the_teacher_is_sure_of_count():
+    teacher = Sign()
+    probes = make_probes(teacher, probe_sources((4,)), (4,), 2, seed=0, per_source=500, confidence=0.95)
+    assert probes.drawn == {"uniform": 500, "normal": 500}
+    # sure means softmax([a, -a]) >= 0.95, i.e. |20 x| >= log(19): U(-1, 1) keeps about 85% of its draws
+    assert 0.8 * 500 < probes.kept["uniform"] < 0.9 * 500
+    assert len(probes.inputs) == sum(probes.kept.values()) == len(probes.teacher_log_probs)
+    assert (probes.inputs[:, 0].abs() * 20 >= math.log(19) - 1e-5).all()
+    assert (probes.teacher_log_probs.exp().amax(1) >= 0.95).all()
+    assert "of 1,000 probes (uniform" in probes.describe()
+
+
+def test_probes_are_the_same_for_a_seed_and_differ_between_seeds():
+    draw = [make_probes(Sign(), probe_sources((4,)), (4,), 2, seed=s, per_source=64).inputs for s in (0, 0, 1)]
+    assert torch.equal(draw[0], draw[1])
+    assert not torch.equal(draw[0][:10], draw[2][:10])
+
+
+def test_strokes_are_probes_only_for_images_with_settings():
+    settings = {"background": -0.5, "ink": 2.0}
+    assert "strokes" in probe_sources((1, 8, 8), settings)
+    assert "strokes" not in probe_sources((1, 8, 8))
+    assert "strokes" not in probe_sources((64,), settings)
+
+
+def test_the_teacher_itself_scores_one_and_a_student_that_disagrees_less():
+    probes = make_probes(Sign(), probe_sources((4,)), (4,), 2, seed=0, per_source=256)
+    same = score(Sign(), probes)
+    assert same.agreement == 1.0 and same.kl == pytest.approx(0.0, abs=1e-6)
+    opposite = score(Sign(flip=True), probes)
+    assert opposite.agreement == 0.0 and opposite.kl > 1
+    unsure = score(Sign(scale=1.0), probes)  # right on every probe, less sure than the teacher
+    assert unsure.agreement == 1.0 and unsure.kl > 0.01
+
+
+def test_no_probe_the_teacher_is_sure_of_gives_no_score():
+    empty = Probes(torch.empty(0, 4), torch.empty(0, 2))
+    result = score(Sign(), empty)
+    assert math.isnan(result.agreement)
+    assert choose({"a": result}) is None
+
+
+def test_the_choice_is_the_highest_agreement_then_the_lowest_kl():
+    assert choose({"a": Score(0.90, 0.1), "b": Score(0.95, 0.3), "c": Score(0.93, 0.0)}) == "b"
+    assert choose({"a": Score(0.95, 0.2), "b": Score(0.95, 0.1)}) == "b"
+    assert choose({"a": Score(float("nan"), float("nan")), "b": Score(0.5, 1.0)}) == "b"
+    assert choose({}) is None
+
+
+def perturbed(source, target, scale):
+    """A copy of a student checkpoint whose student weights carry noise of ``scale`` (the teacher untouched)."""
+    checkpoint = torch.load(source, weights_only=True)
+    generator = torch.Generator().manual_seed(1)
+    for key, value in checkpoint["state_dict"].items():
+        if key.startswith("student.") and value.is_floating_point():
+            value.add_(scale * value.std() * torch.randn(value.shape, generator=generator))
+    torch.save(checkpoint, target)
+    return str(target)
+
+
+def test_kegnet_choose_names_the_student_closest_to_the_teacher(tiny_checkpoints, tmp_path, capsys):
+    from kegnet_pl.cli import main
+
+    original = str(tiny_checkpoints["student"])
+    noisy = perturbed(original, tmp_path / "noisy.ckpt", 1.0)
+    main(["choose", noisy, original, "--generators", str(tiny_checkpoints["generator"])])
+    out = capsys.readouterr().out.splitlines()
+    assert "probes (uniform" in out[0] and "generators" in out[0]
+    assert out[1].startswith("* agreement") and out[1].endswith(original)  # best first, marked
+    assert out[2].startswith("  agreement") and out[2].endswith(noisy)
+    assert out[-1] == f"chosen: {original}"
+    first, second = (float(line.split()[-4].rstrip("%")) for line in out[1:3])
+    assert first > second
+    main(["choose", noisy, original])  # the generators a KegNet student's checkpoint holds: the same probes
+    assert capsys.readouterr().out.splitlines() == out
+
+
+def test_kegnet_choose_refuses_students_of_another_teacher_and_files_without_a_student(tiny_checkpoints, tmp_path):
+
+    original = str(tiny_checkpoints["student"])
+    checkpoint = torch.load(original, weights_only=True)
+    for key, value in checkpoint["state_dict"].items():
+        if key.startswith("teacher."):
+            value.mul_(1.01)
+    other = tmp_path / "other_teacher.ckpt"
+    torch.save(checkpoint, other)
+    for args, message in [
+        ([original, str(other)], "was distilled from another teacher"),
+        ([original, str(tiny_checkpoints["teacher"])], "holds no student"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "kegnet_pl.cli", "choose", *args], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
