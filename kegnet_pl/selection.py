@@ -12,10 +12,10 @@ teacher gives a top-class probability of at least :data:`CONFIDENCE` count. A st
 probes on which its top class is the teacher's (ties broken by the lower KL divergence from the teacher on them).
 Every candidate of a seed is scored on the same probes. Real data plays no part.
 
-Measured on full MNIST (README, "Choosing a student without data"): over three LeNet5 teachers (98.65 to 99.31%)
-and the paper's three students, the chosen student was on average 0.09 points below the best candidate of its seed
-on the real test images, where always shipping KegNet's student lost 0.14 and always shipping the pen-strokes student
-0.21 (which of the two is better differs between the teachers); its worst miss was 0.58 points.
+Measured on full MNIST (README, "Choosing a student without data"): over three LeNet5 teachers (98.65 to 99.31%),
+three seeds and the paper's three students, the chosen student was on average 0.08 points below the best candidate
+of its seed on the real test images (worst 0.58), where always shipping KegNet's student lost 0.17 (0.98) and always
+shipping the pen-strokes student 0.17 (1.15): which of the two is better differs between the teachers.
 """
 
 from __future__ import annotations
