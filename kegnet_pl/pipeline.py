@@ -690,60 +690,42 @@ class Pipeline:
         from kegnet_pl import selection
 
         started = time.perf_counter()
-        scores: dict[tuple[int, int, str], selection.Score] = {}
+        scores: dict[tuple[int, int], dict[str, selection.Score]] = {}  # (seed, student) -> method -> score
         try:
             for seed in self.seeds:
-                candidates = [
-                    stage
+                loaded = {
+                    (stage.student, stage.method): selection.load_stage(stage.folder / CHECKPOINT)
                     for stage in plan
                     if stage.seed == seed and stage.student is not None and (stage.folder / CHECKPOINT).is_file()
-                ]
-                if not candidates:
+                }
+                if not loaded:
                     continue
-                probes = None
-                for stage in candidates:
-                    loaded = selection.load_stage(stage.folder / CHECKPOINT)
-                    if probes is None:
-                        generators = self.out / f"seed{seed}" / "generator" / CHECKPOINT
-                        strokes = self._strokes_settings()
-                        sources = selection.probe_sources(
-                            loaded.input_shape, strokes, str(generators) if generators.is_file() else None
-                        )
-                        probes = selection.make_probes(
-                            loaded.teacher, sources, loaded.input_shape, loaded.num_classes, seed
-                        )
-                        self.echo(f"seed {seed}: students scored on {probes.describe()} the teacher is sure of")
-                    scores[seed, stage.student, stage.method] = selection.score(loaded.student, probes)
+                generators = self.out / f"seed{seed}" / "generator" / CHECKPOINT
+                probes, found = selection.score_students(
+                    loaded, seed, str(generators) if generators.is_file() else None
+                )
+                self.echo(f"seed {seed}: students scored on {probes.describe()} the teacher is sure of")
+                for (student, method), value in found.items():
+                    scores.setdefault((seed, student), {})[method] = value
         except (KegnetError, OSError, RuntimeError) as err:
             self.echo(f"no student chosen without data: {err}")
             return rows
-        chosen = set()
-        for seed, student in {(seed, student) for seed, student, _ in scores}:
-            mine = {method: value for (s, n, method), value in scores.items() if (s, n) == (seed, student)}
-            chosen.add((seed, student, selection.choose(mine)))
+        chosen = {pair: selection.choose(methods) for pair, methods in scores.items()}
         done = []
         for row in rows:
-            key = (row["seed"], row["student"], row["method"])
-            if key in scores:
+            value = scores.get((row["seed"], row["student"]), {}).get(row["method"])
+            if value is not None:
                 row = {
                     **row,
-                    "probe_agreement": scores[key].agreement,
-                    "probe_kl": scores[key].kl,
-                    "chosen": key in chosen,
+                    "probe_agreement": value.agreement,
+                    "probe_kl": value.kl,
+                    "chosen": chosen[row["seed"], row["student"]] == row["method"],
                 }
             done.append(row)
         if scores:
-            self.echo(f"{len(scores)} students scored without data in {time.perf_counter() - started:.1f} s")
+            count = sum(len(methods) for methods in scores.values())
+            self.echo(f"{count} students scored without data in {time.perf_counter() - started:.1f} s")
         return done
-
-    def _strokes_settings(self) -> dict[str, Any] | None:
-        """The pen strokes' settings the run's students are given (their args, then their config), if any."""
-        given = arg_value(self.student_args, "model.strokes")
-        if given is None:
-            given = self.student_base.get("model", {}).get("init_args", {}).get("strokes")
-        if isinstance(given, str):
-            given = yaml.safe_load(given)
-        return dict(given) if isinstance(given, dict) else None
 
     def _write(self, rows: list[dict[str, Any]], stages: list[dict[str, Any]]) -> Path:
         rows = with_payoff(rows, self.students, self._payoff())

@@ -24,7 +24,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,8 @@ CONFIDENCE = 0.95
 PER_SOURCE = 2048
 #: Inputs per forward pass while scoring.
 BATCH = 1024
+
+Key = TypeVar("Key")
 
 
 @dataclass
@@ -172,6 +174,20 @@ def load_stage(checkpoint: str | Path) -> Loaded:
     )
 
 
+def score_students(
+    loaded: Mapping[Key, Loaded], seed: int, generators: str | None = None
+) -> tuple[Probes, dict[Key, Score]]:
+    """Score students of one teacher on the same probes: the noise sources, pen strokes with the settings the students
+    were given (if any), and the generators of ``generators`` (a GeneratorModule checkpoint) or else those a KegNet
+    student's checkpoint holds; drawn with ``seed``."""
+    first = next(iter(loaded.values()))
+    strokes = next((item.strokes for item in loaded.values() if item.strokes), None)
+    found = generators or next((item.generators for item in loaded.values() if item.generators), None)
+    sources = probe_sources(first.input_shape, strokes, found)
+    probes = make_probes(first.teacher, sources, first.input_shape, first.num_classes, seed)
+    return probes, {key: score(item.student, probes) for key, item in loaded.items()}
+
+
 def same_network(a: nn.Module, b: nn.Module) -> bool:
     """Whether two networks hold the same tensors under the same names."""
     left, right = a.state_dict(), b.state_dict()
@@ -218,13 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{path!r} was distilled from another teacher than {first_path!r}; the score compares students "
                     "of one teacher only"
                 )
-        generators = args.generators or next((item.generators for item in loaded.values() if item.generators), None)
-        strokes = next((item.strokes for item in loaded.values() if item.strokes), None)
-        sources = probe_sources(first.input_shape, strokes, generators)
-        probes = make_probes(first.teacher, sources, first.input_shape, first.num_classes, args.seed)
+        probes, scores = score_students(loaded, args.seed, args.generators)
     except KegnetError as err:
         build_parser().exit(2, f"{PROG}: error: {' '.join(str(err).split())}\n")
-    scores = {path: score(item.student, probes) for path, item in loaded.items()}
     chosen = choose(scores)
     print(f"{PROG}: {probes.describe()} the teacher is sure of")
     for path, value in sorted(scores.items(), key=lambda item: item[1].key(), reverse=True):
