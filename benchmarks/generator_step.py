@@ -1,7 +1,7 @@
 """How much the sorted-prefix-sum diversity loss saves in a KegNet generator step (Yoo et al., NeurIPS 2019).
 
-Measures on the CPU, our :func:`kegnet_pl.losses.diversity_loss` against the released code's broadcast formula
-(:func:`kegnet_pl.losses.naive_diversity_loss`):
+Measures on the CPU (or ``--device cuda``), our :func:`kegnet_pl.losses.diversity_loss` against the released code's
+broadcast formula (:func:`kegnet_pl.losses.naive_diversity_loss`):
 
 (a) the diversity loss alone, forward and backward, on 256 samples of 1x32x32 with 10-d noise;
 (b) one whole generator training step (MNIST setting with beta = 1: one-hot y uniform over 10 classes,
@@ -12,7 +12,8 @@ Measures on the CPU, our :func:`kegnet_pl.losses.diversity_loss` against the rel
     runs them (the same function, :func:`kegnet_pl.nets.ensemble.call_pairs`: generators and decoders vmapped,
     the teacher once on all 5 batches, one backward), and for reference 1 generator without the diversity term;
 (c) the peak memory of one such step: each configuration runs in a fresh subprocess that reports its peak
-    resident set size during the step (``VmHWM``, reset just before) minus its resident size before the step.
+    resident set size during the step (``VmHWM``, reset just before) minus its resident size before the step (on a
+    GPU: the peak of ``torch.cuda.max_memory_allocated`` during the step above the memory allocated before it).
 
 Timings interleave the configurations repeat by repeat and report the best (and the median) of ``--repeats``, so a
 busy machine affects all of them alike. The last line holds the summary as key=value pairs:
@@ -20,7 +21,9 @@ busy machine affects all of them alike. The last line holds the summary as key=v
 5-generator step over our 1-generator step), ``five_generator_cost_vmap`` (the same, the 5 pairs vectorised) and
 ``peak_memory_ratio`` (naive peak over ours, 1 generator).
 
-Usage: ``python benchmarks/generator_step.py --batch-size 256 --repeats 5 --threads 2``
+Every step ends by reading its loss back (``.item()``), once, so that a GPU's queued work is inside the timing.
+
+Usage: ``python benchmarks/generator_step.py --batch-size 256 --repeats 5 --threads 2 [--device cuda]``
 """
 
 from __future__ import annotations
@@ -54,14 +57,17 @@ DIVERSITY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
 
 
 def make_step(
-    generators: int, loss: str, batch_size: int, seed: int = 0, vectorize: bool = False
+    generators: int, loss: str, batch_size: int, seed: int = 0, vectorize: bool = False, device: str = "cpu"
 ) -> Callable[[], float]:
-    """Build ``generators`` generator-decoder pairs, a frozen teacher and an optimiser; return one training step,
-    the pairs one after another or (``vectorize``) as one batched computation."""
+    """Build ``generators`` generator-decoder pairs, a frozen teacher and an optimiser on ``device``; return one
+    training step, the pairs one after another or (``vectorize``) as one batched computation."""
     torch.manual_seed(seed)
-    teacher = LeNet5(SHAPE, NUM_CLASSES).eval().requires_grad_(False)
+    teacher = LeNet5(SHAPE, NUM_CLASSES).eval().requires_grad_(False).to(device)
     pairs = [
-        (ImageGenerator(NUM_CLASSES, NOISE_DIM, SHAPE), Decoder(SHAPE, NOISE_DIM, extra_layers=1))
+        (
+            ImageGenerator(NUM_CLASSES, NOISE_DIM, SHAPE).to(device),
+            Decoder(SHAPE, NOISE_DIM, extra_layers=1).to(device),
+        )
         for _ in range(generators)
     ]
     params = [p for pair in pairs for net in pair for p in net.parameters()]
@@ -70,25 +76,25 @@ def make_step(
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total = torch.zeros((), device=device)
         for generator, decoder in pairs:
-            y = F.one_hot(torch.randint(NUM_CLASSES, (batch_size,)), NUM_CLASSES).float()
-            z = torch.randn(batch_size, NOISE_DIM)
+            y = F.one_hot(torch.randint(NUM_CLASSES, (batch_size,), device=device), NUM_CLASSES).float()
+            z = torch.randn(batch_size, NOISE_DIM, device=device)
             x = generator(y, z)
             value = classification_loss(teacher(x), y) + ALPHA * decoder_loss(decoder(x), z)
             if diversity is not None:
                 value = value + BETA * diversity(x, z)
             value.backward()  # per pair, so that one pair's graph is freed before the next is built
-            total += value.item()
+            total = total + value.detach()
         optimizer.step()
-        return total
+        return total.item()
 
     def vectorized_step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        y = F.one_hot(torch.randint(NUM_CLASSES, (generators, batch_size)), NUM_CLASSES).float()
-        z = torch.randn(generators, batch_size, NOISE_DIM)
+        y = F.one_hot(torch.randint(NUM_CLASSES, (generators, batch_size), device=device), NUM_CLASSES).float()
+        z = torch.randn(generators, batch_size, NOISE_DIM, device=device)
         x, logits, z_hat = call_pairs([g for g, _ in pairs], [d for _, d in pairs], teacher, y, z)  # as GeneratorModule
-        total = torch.zeros(())
+        total = torch.zeros((), device=device)
         for g in range(generators):  # the losses per pair, as GeneratorModule computes them
             value = classification_loss(logits[g], y[g]) + ALPHA * decoder_loss(z_hat[g], z[g])
             if diversity is not None:
@@ -101,11 +107,11 @@ def make_step(
     return vectorized_step if vectorize else step
 
 
-def make_diversity_call(loss: str, batch_size: int, seed: int = 0) -> Callable[[], float]:
+def make_diversity_call(loss: str, batch_size: int, seed: int = 0, device: str = "cpu") -> Callable[[], float]:
     """Return one forward and backward pass of a diversity loss on generator-sized samples."""
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch_size, *SHAPE, generator=generator)
-    z = torch.randn(batch_size, NOISE_DIM, generator=generator)
+    x = torch.randn(batch_size, *SHAPE, generator=generator).to(device)
+    z = torch.randn(batch_size, NOISE_DIM, generator=generator).to(device)
     diversity = DIVERSITY[loss]
     assert diversity is not None
 
@@ -139,16 +145,30 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def memory_probe(generators: int, loss: str, batch_size: int) -> dict[str, float]:
+def memory_probe(generators: int, loss: str, batch_size: int, device: str = "cpu") -> dict[str, float]:
     """In this fresh process: the peak resident memory of one step above the resident memory just before it.
 
     A tiny step first initialises what every step shares (autograd, kernels); then the peak is reset by writing
     5 to ``/proc/self/clear_refs`` and read back as ``VmHWM``. ``ru_maxrss`` would not do: a child created by
-    ``fork`` inherits its parent's maximum, so a large parent would hide the child's own peak.
+    ``fork`` inherits its parent's maximum, so a large parent would hide the child's own peak. On a GPU the same
+    is read from the caching allocator's statistics (device memory, not the host's).
     """
-    make_step(generators, loss, batch_size=4)()
-    step = make_step(generators, loss, batch_size)
+    make_step(generators, loss, batch_size=4, device=device)()
+    step = make_step(generators, loss, batch_size, device=device)
     gc.collect()
+    if device != "cpu":
+        torch.cuda.synchronize()
+        before_bytes = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        peak_bytes = torch.cuda.max_memory_allocated()
+        mib = 1024 * 1024
+        return {
+            "before_mib": before_bytes / mib,
+            "peak_mib": peak_bytes / mib,
+            "step_mib": (peak_bytes - before_bytes) / mib,
+            "reset": True,
+        }
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
@@ -169,7 +189,7 @@ def measure_memory(configurations: list[tuple[int, str]], args: argparse.Namespa
     processes = {}
     for generators, loss in configurations:
         command = [sys.executable, __file__, "--memory-probe", loss, "--generators", str(generators)]
-        command += ["--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+        command += ["--batch-size", str(args.batch_size), "--threads", str(args.threads), "--device", args.device]
         processes[generators, loss] = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     results = {}
     for key, process in processes.items():
@@ -191,30 +211,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="samples per generator batch (the paper: 256)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per configuration")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="where to run: cpu (default) or cuda")
     parser.add_argument("--memory-probe", choices=sorted(DIVERSITY), help=argparse.SUPPRESS)
     parser.add_argument("--generators", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = args.device
+    if device != "cpu" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: torch sees no GPU here; use --device cpu")
 
     if args.memory_probe:
-        print(json.dumps(memory_probe(args.generators, args.memory_probe, args.batch_size)))
+        print(json.dumps(memory_probe(args.generators, args.memory_probe, args.batch_size, device)))
         return
 
     started = time.perf_counter()
+    where = "CPU" if device == "cpu" else torch.cuda.get_device_name()
     print(
-        f"KegNet generator step on CPU: batch {args.batch_size}, samples {SHAPE}, noise {NOISE_DIM}, "
+        f"KegNet generator step on {where}: batch {args.batch_size}, samples {SHAPE}, noise {NOISE_DIM}, "
         f"{args.threads} threads, torch {torch.__version__}, best and median of {args.repeats} repeats"
     )
-    calls = {name: make_diversity_call(name, args.batch_size) for name in ("ours", "naive")}
+    calls = {name: make_diversity_call(name, args.batch_size, device=device) for name in ("ours", "naive")}
     div = time_interleaved(calls, args.repeats)
     steps = time_interleaved(
         {
-            "ours x1": make_step(1, "ours", args.batch_size),
-            "naive x1": make_step(1, "naive", args.batch_size),
-            "none x1": make_step(1, "none", args.batch_size),
-            "ours x5": make_step(5, "ours", args.batch_size),
-            "naive x5": make_step(5, "naive", args.batch_size),
-            "ours x5 vmap": make_step(5, "ours", args.batch_size, vectorize=True),
+            "ours x1": make_step(1, "ours", args.batch_size, device=device),
+            "naive x1": make_step(1, "naive", args.batch_size, device=device),
+            "none x1": make_step(1, "none", args.batch_size, device=device),
+            "ours x5": make_step(5, "ours", args.batch_size, device=device),
+            "naive x5": make_step(5, "naive", args.batch_size, device=device),
+            "ours x5 vmap": make_step(5, "ours", args.batch_size, vectorize=True, device=device),
         },
         args.repeats,
     )
@@ -239,7 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  5-generator step / 1-generator step (ours): {five_cost:.2f} looped, {five_cost_vmap:.2f} vectorised")
     print(f"  step with / without the diversity term: ours {overhead:.2f}x, naive {naive_overhead:.2f}x")
 
-    print("\n(c) peak memory of one step above the memory before it (fresh subprocess each, VmHWM)")
+    peak = "VmHWM" if device == "cpu" else "torch.cuda.max_memory_allocated"
+    print(f"\n(c) peak memory of one step above the memory before it (fresh subprocess each, {peak})")
     print(f"  {'':<34} {'naive MiB':>10} {'ours MiB':>10} {'ratio':>9}")
     configurations = [(generators, loss) for generators in (1, 5) for loss in ("naive", "ours")] + [(1, "none")]
     memory = measure_memory(configurations, args)

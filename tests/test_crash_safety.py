@@ -118,3 +118,16 @@ def test_a_new_run_refuses_a_folder_with_another_runs_checkpoints(tmp_path, caps
     main(["fit", "--config", str(config), "--overwrite", "true"])
     assert (tmp_path / "ckpt" / "last.ckpt").read_bytes() == before  # nothing is deleted: the new run's
     assert (tmp_path / "ckpt" / "last-v1.ckpt").is_file()  # files get a version suffix
+
+
+def test_one_check_for_all_generators_names_the_first_bad_term():
+    from kegnet_pl.errors import NumericalError
+    from kegnet_pl.modules.checks import all_finite, check_finite_groups
+
+    good = {"loss_cls": torch.tensor(1.0), "loss_dec": torch.tensor(0.5)}
+    check_finite_groups(3, 0, {"generator stage (generator 0)": good, "generator stage (generator 1)": good})
+    assert all_finite([]) and not all_finite([torch.tensor(1.0), torch.tensor([0.0, float("inf")])])
+    bad = {"loss_cls": torch.tensor(1.0), "loss_dec": torch.tensor(float("inf"))}
+    named = r"^generator stage \(generator 1\): the loss term loss_dec is inf at step 3"
+    with pytest.raises(NumericalError, match=named):
+        check_finite_groups(3, 0, {"generator stage (generator 0)": good, "generator stage (generator 1)": bad})

@@ -57,6 +57,16 @@ def test_without_streams_a_batch_is_its_seed_and_size():
     assert len({int(batch["seed"]), *(int(other["seed"]) for other in others)}) == 5
 
 
+def test_moving_a_batch_to_a_device_keeps_its_seed_and_size_on_the_cpu():
+    """The stages read them as numbers every step; on a GPU a read-back would wait for the queued work."""
+    data = NoiseDataModule(batch_size=4, batches_per_epoch=2, streams=5, num_classes=10, noise_dim=3)
+    moved = data.transfer_batch_to_device(data.sample(0, 0, 1), torch.device("meta"), 0)
+    assert moved["labels"].device.type == moved["noise"].device.type == "meta"
+    assert moved["seed"].device.type == moved["size"].device.type == "cpu" and int(moved["size"]) == 4
+    real = data.transfer_batch_to_device([torch.zeros(2), torch.ones(2)], torch.device("meta"), 0)
+    assert all(tensor.device.type == "meta" for tensor in real)  # real data batches move as usual
+
+
 def test_kegnet_links_the_datamodule_to_the_generator_model():
     """The CLI fills the NoiseDataModule's streams, classes, noise size and label distribution from the model."""
     args = ["--config", str(ROOT / "configs/mnist_subset/generator.yaml"), "--model.teacher", TEACHER]

@@ -283,6 +283,20 @@ class NoiseDataModule(LightningDataModule):
         # drawn after Lightning converted the (index) batch to the trainer's precision: convert them too (64-true)
         return trainer.precision_plugin.convert_input(sampled)
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """A noise batch's ``seed`` and ``size`` stay on the CPU, where the stages read them: on a GPU, reading them
+        back would make every step wait for the work queued before it."""
+        if not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        on_cpu = {key: batch[key] for key in CPU_KEYS if key in batch}
+        moved = super().transfer_batch_to_device(
+            {key: value for key, value in batch.items() if key not in on_cpu}, device, dataloader_idx
+        )
+        return {**moved, **on_cpu}
+
+
+CPU_KEYS = ("seed", "size")  # the parts of a noise batch read as numbers, kept on the CPU
+
 
 def batch_generator(batch: dict[str, torch.Tensor]) -> torch.Generator:
     """A CPU random generator seeded by a noise batch's own ``seed``: what a stage draws that batch's inputs with."""

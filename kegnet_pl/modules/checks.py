@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from kegnet_pl.errors import ConfigError, NumericalError
+
+
+def all_finite(values: Iterable[torch.Tensor]) -> bool:
+    """Whether every element of ``values`` is finite, read back from the device once, however many there are.
+
+    On a GPU each read-back waits for the queued work; one per training step instead of one per loss term keeps
+    the CPU queueing kernels ahead of the GPU.
+    """
+    flat = [value.detach().reshape(-1).float() for value in values]
+    return not flat or bool(torch.isfinite(torch.cat(flat)).all())
 
 
 def check_finite(stage: str, step: int, epoch: int, terms: dict[str, torch.Tensor]) -> None:
@@ -16,13 +27,22 @@ def check_finite(stage: str, step: int, epoch: int, terms: dict[str, torch.Tenso
     Raising inside the training step stops the run before anything is saved, so the checkpoints on disk are
     the last good ones.
     """
-    for name, value in terms.items():
-        if not torch.isfinite(value.detach()).all():
-            raise NumericalError(
-                f"{stage}: the loss term {name} is {value.detach().float().mean().item()} at step {step} "
-                f"(epoch {epoch}); training stopped and the last good checkpoint is kept. Resume with "
-                "--ckpt_path last, perhaps with a lower --model.lr"
-            )
+    check_finite_groups(step, epoch, {stage: terms})
+
+
+def check_finite_groups(step: int, epoch: int, groups: dict[str, dict[str, torch.Tensor]]) -> None:
+    """:func:`check_finite` for several stages' (or networks') terms at once, with one read-back from the device;
+    the message names the first group and term that is not finite."""
+    if all_finite(value for terms in groups.values() for value in terms.values()):
+        return
+    for stage, terms in groups.items():
+        for name, value in terms.items():
+            if not torch.isfinite(value.detach()).all():
+                raise NumericalError(
+                    f"{stage}: the loss term {name} is {value.detach().float().mean().item()} at step {step} "
+                    f"(epoch {epoch}); training stopped and the last good checkpoint is kept. Resume with "
+                    "--ckpt_path last, perhaps with a lower --model.lr"
+                )
 
 
 def check_data_fits(module_name: str, input_shape: tuple[int, ...], num_classes: int, datamodule: Any) -> None:

@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from kegnet_pl.errors import ConfigError
 from kegnet_pl.losses import classification_loss, decoder_loss, diversity_loss
 from kegnet_pl.modules.base import TeacherStage, load_teacher
-from kegnet_pl.modules.checks import check_finite
+from kegnet_pl.modules.checks import check_finite_groups
 from kegnet_pl.nets.ensemble import call_pairs
 from kegnet_pl.nets.generators import Decoder, build_generator
 
@@ -127,8 +127,8 @@ class GeneratorModule(TeacherStage):
                 decoders.append(Decoder(self.input_shape, noise_dim, extra_layers=decoder_layers))
         self.generators = nn.ModuleList(generators)
         self.decoders = nn.ModuleList(decoders)
-        self.teacher_acc = nn.ModuleList(
-            MulticlassAccuracy(self.num_classes, average="micro") for _ in range(n_generators)
+        self.teacher_acc = nn.ModuleList(  # labels drawn here are valid: no checking (it reads back from the device)
+            MulticlassAccuracy(self.num_classes, average="micro", validate_args=False) for _ in range(n_generators)
         )
         self.test_metrics = nn.ModuleDict(
             {
@@ -182,6 +182,7 @@ class GeneratorModule(TeacherStage):
         # With beta = 0 the diversity term is only a figure to watch: computed on the steps that are logged.
         train_diversity = self.hparams.beta > 0
         watch_diversity = train_diversity or batch_idx % max(1, self.trainer.log_every_n_steps) == 0
+        checked = {}  # every pair's terms, checked together after the loop: one read-back from the device per step
         for g, (x, logits, z_hat) in enumerate(self.pair_outputs(labels, noise)):
             y, z = labels[g], noise[g]
             terms = {"loss_cls": classification_loss(logits, y), "loss_dec": decoder_loss(z_hat, z)}
@@ -192,9 +193,9 @@ class GeneratorModule(TeacherStage):
             elif watch_diversity:
                 with torch.no_grad():
                     terms["loss_div"] = diversity_loss(x, z)
-            check_finite(f"generator stage (generator {g})", self.global_step, self.current_epoch, terms)
+            checked[f"generator stage (generator {g})"] = terms
             total = total + loss
-            self.teacher_acc[g](logits, y.argmax(-1))
+            self.teacher_acc[g].update(logits, y.argmax(-1))  # logged per epoch: no per-step value to compute
             logged = {f"train/gen{g}/loss": loss, **{f"train/gen{g}/{name}": value for name, value in terms.items()}}
             if "loss_div" in terms:
                 logged[f"train/gen{g}/diversity"] = -torch.log(terms["loss_div"].detach().clamp_min(1e-30))
@@ -209,6 +210,7 @@ class GeneratorModule(TeacherStage):
             sync_dist=True,
             batch_size=len(x),
         )
+        check_finite_groups(self.global_step, self.current_epoch, checked)  # before backward: nothing is updated
         return total
 
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
