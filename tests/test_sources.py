@@ -54,9 +54,11 @@ def test_kegnet_generators_take_turns_and_are_frozen(generator_ckpt):
     assert not source.trainable and not any(m.training for frozen in source.generators for m in frozen.modules())
     labels, noise = torch.eye(10)[:4], torch.randn(4, 10)
     out = source.generate(labels, noise)
-    assert torch.allclose(
-        out[1], source.generators[1](labels[1:2], noise[1:2])[0], atol=1e-5
-    )  # sample 1 from generator 1
+    k = len(source.generators)
+    for i in range(4):  # sample i from generator i % k
+        own = source.generators[i % k](labels[i : i + 1], noise[i : i + 1])[0]
+        assert torch.allclose(out[i], own, atol=1e-5), i
+    assert torch.allclose(source.generate(labels[:1], noise[:1])[0], out[0], atol=1e-5)  # fewer samples than generators
     only_one = KegnetGenerators(generator_ckpt, use_generators=[1])
     assert torch.allclose(
         only_one.generate(labels, noise)[0], source.generators[1](labels[:1], noise[:1])[0], atol=1e-5
