@@ -52,6 +52,12 @@ ARCH_OPTIONS = ("arch", "teacher_arch")
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 warnings.filterwarnings("ignore", message=r".*Total length of `list` across ranks is zero.*")
 warnings.filterwarnings("ignore", message=r".*but have no `validation_step`. Skipping val loop.*")
+# kegnet passes its words to LightningCLI on purpose (kegnet_pl.stage runs a fit and its test in one process).
+warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within Python")
+# Stored specs hold shapes as tuples; specs are normalised when read, so a list after a round trip is the same.
+warnings.filterwarnings("ignore", message=r"\s*Dump of a value that does not round-trip: a tuple is serialized")
+# Lightning's use of torch's pytree API, which a user cannot act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class AtomicSaveConfigCallback(SaveConfigCallback):
