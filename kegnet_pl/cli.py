@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import inspect
+import logging
 import re
 import sys
 import warnings
@@ -58,6 +59,8 @@ warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is int
 warnings.filterwarnings("ignore", message=r"\s*Dump of a value that does not round-trip: a tuple is serialized")
 # Lightning's use of torch's pytree API, which a user cannot act on.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# Lightning's tip to install its cloud logger, printed at every Trainer's start: runs here log to local files only.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda record: "litlogger" not in str(record.msg))
 
 
 class AtomicSaveConfigCallback(SaveConfigCallback):
