@@ -24,8 +24,9 @@ import sys
 import warnings
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from jsonargparse import Namespace
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_fabric.utilities.exceptions import MisconfigurationException
@@ -103,6 +104,14 @@ class KegnetCLI(LightningCLI):
             help="comma-separated import paths of classifiers (my_pkg.nets:MyNet) that checkpoints may name; a file "
             f"never chooses code on its own (also: the environment variable {TRUST_ENV})",
         )
+        parser.add_argument(
+            "--float32_matmul_precision",
+            type=Literal["highest", "high", "medium"] | None,
+            default=None,
+            help="torch.set_float32_matmul_precision for this run: highest (full float32, torch's default), high "
+            "(TF32 matrix products on GPUs with tensor cores: faster, inputs rounded to 10 mantissa bits) or medium "
+            "(bfloat16, 7 bits); default: leave torch's setting as it is",
+        )
         for key in NOISE_SETTINGS:  # the noise a model draws is the model's to say (GeneratorModule.noise_settings)
             compute = partial(noise_setting, key=key)
             parser.link_arguments("model", f"data.init_args.{key}", compute_fn=compute, apply_on="instantiate")
@@ -126,6 +135,8 @@ class KegnetCLI(LightningCLI):
         typed = [init_args.get(key) for key in ARCH_OPTIONS if isinstance(init_args.get(key), str)]
         typed += [path for path in (config.get("trust_arch") or "").split(",") if path.strip()]
         trust_arch(*typed)
+        if config.get("float32_matmul_precision"):
+            torch.set_float32_matmul_precision(config.get("float32_matmul_precision"))
 
     def _parse_ckpt_path(self) -> None:
         """Read the ``--ckpt_path`` file through :func:`kegnet_pl.loading.read_checkpoint` first (it cannot name

@@ -112,3 +112,23 @@ def test_a_fit_stopped_by_sigterm_exits_143_not_0(monkeypatch, capsys):
         main(["fit", "--config", "any.yaml"])
     assert exit_info.value.code == 143
     assert "kegnet: stopped by SIGTERM" in capsys.readouterr().err
+
+
+def test_float32_matmul_precision_is_set_for_the_run_and_checked(tmp_path, capsys):
+    from kegnet_pl.cli import build_cli
+
+    before = torch.get_float32_matmul_precision()
+    config = str(ROOT / "configs/mnist_subset/teacher.yaml")
+    where = ["--trainer.default_root_dir", str(tmp_path)]
+    try:
+        build_cli(["--config", config, *where, "--float32_matmul_precision", "high"], run=False)
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    build_cli(["--config", config, *where], run=False)
+    assert torch.get_float32_matmul_precision() == before  # not given: left as it is
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "--config", config, *where, "--float32_matmul_precision", "tf32"])
+    assert exit_info.value.code == 2
+    assert "float32_matmul_precision" in capsys.readouterr().err
+    assert torch.get_float32_matmul_precision() == before
