@@ -1,5 +1,8 @@
 """Every stage with 2 CPU processes (ddp_spawn): outputs are written once and the ranks draw different data."""
 
+import importlib.util
+
+import pytest
 import torch
 from conftest import ROOT, TEACHER, tiny_config
 from pytorch_lightning import Callback
@@ -74,3 +77,19 @@ def test_generator_and_student_stages_under_ddp_spawn(tmp_path, capfd):
     assert "sync_dist" not in captured.err  # epoch metrics are reduced across ranks, no warning
     for said in ("drawing a fixed pool of 64 samples", "pool of 64 samples drawn in", "kegnet fit done"):
         assert captured.out.count(said) == 1, said  # rank 0 speaks (32 per generator); each rank draws its pool
+
+
+def test_the_two_rank_check_refuses_an_existing_folder_and_an_odd_batch_count(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("ddp_two_ranks", ROOT / "scripts" / "ddp_two_ranks.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    kept = tmp_path / "kept.txt"
+    kept.write_text("an earlier run")
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--accelerator", "cpu", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "exists; give a new folder" in capsys.readouterr().err
+    assert kept.read_text() == "an earlier run"
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--accelerator", "cpu", "--out", str(tmp_path / "new"), "--batches", "7"])
+    assert exit_info.value.code == 2 and "give an even number" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
