@@ -135,8 +135,9 @@ class KegnetCLI(LightningCLI):
         typed = [init_args.get(key) for key in ARCH_OPTIONS if isinstance(init_args.get(key), str)]
         typed += [path for path in (config.get("trust_arch") or "").split(",") if path.strip()]
         trust_arch(*typed)
-        if config.get("float32_matmul_precision"):
-            torch.set_float32_matmul_precision(config.get("float32_matmul_precision"))
+        precision = config.get("float32_matmul_precision")
+        if precision:
+            torch.set_float32_matmul_precision(precision)
 
     def _parse_ckpt_path(self) -> None:
         """Read the ``--ckpt_path`` file through :func:`kegnet_pl.loading.read_checkpoint` first (it cannot name
