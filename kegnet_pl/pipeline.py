@@ -976,7 +976,8 @@ def _probe_table(rows: list[dict[str, Any]], numbers: Sequence[int], order: Sequ
     header = "| method | " + " | ".join(f"student {n}" for n in numbers) + " |"
     title = (
         "Agreement (%) with the teacher on the artificial probes that it calls with probability >= "
-        f"{CONFIDENCE}: the data-free score that chooses (kegnet_pl.selection)"
+        f"{CONFIDENCE} (images shifted and turned, so that no student trained on them): the data-free score that "
+        "chooses (kegnet_pl.selection)"
     )
     return ["", title, "", header, "|---" * (len(numbers) + 1) + "|", *lines]
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from kegnet_pl.selection import Probes, Score, choose, make_probes, probe_sources, score
+from kegnet_pl.data.noise import derive_seed
+from kegnet_pl.data.sources import UniformNoise
+from kegnet_pl.selection import OTHER_HAND, Probes, Score, choose, make_probes, moved, probe_sources, score
 
 
 class Sign(nn.Module):
@@ -42,10 +44,70 @@ def test_probes_are_the_same_for_a_seed_and_differ_between_seeds():
 
 
 def test_strokes_are_probes_only_for_images_with_settings():
-    settings = {"background": -0.5, "ink": 2.0}
-    assert "strokes" in probe_sources((1, 8, 8), settings)
-    assert "strokes" not in probe_sources((1, 8, 8))
+    settings = {"background": -0.5, "ink": 2.0, "width": (0.5, 1.0)}
+    sources = probe_sources((1, 8, 8), settings)
+    assert "strokes" in sources and "thick strokes" in sources
+    assert sources["strokes"].width == (0.5, 1.0) and sources["strokes"].max_strokes == 3
+    other = sources["thick strokes"]  # the run's paper and ink, another hand
+    assert (other.background, other.ink) == (-0.5, 2.0)
+    assert (other.width, other.max_strokes) == (tuple(OTHER_HAND["width"]), OTHER_HAND["max_strokes"])
+    assert "strokes" not in probe_sources((1, 8, 8)) and "thick strokes" not in probe_sources((1, 8, 8))
     assert "strokes" not in probe_sources((64,), settings)
+
+
+def dot(size=15, row=7, col=7, background=-0.5, ink=2.0):
+    image = torch.full((1, 1, size, size), background)
+    image[0, 0, row, col] = ink
+    return image
+
+
+def test_moved_images_shift_and_turn_within_bounds_on_blank_paper():
+    generator = torch.Generator().manual_seed(0)
+    images = dot().repeat(200, 1, 1, 1)
+    out = moved(images, generator, shift=3.0, rotate=0.0, fill=-0.5)
+    assert out.shape == images.shape
+    ink = out + 0.5  # the ink above blank paper, wherever the dot went
+    rows = (ink.sum(3).squeeze(1) * torch.arange(15.0)).sum(1) / ink.sum((1, 2, 3))
+    cols = (ink.sum(2).squeeze(1) * torch.arange(15.0)).sum(1) / ink.sum((1, 2, 3))
+    assert (rows - 7).abs().max() <= 3 + 1e-4 and (cols - 7).abs().max() <= 3 + 1e-4
+    assert (rows - 7).abs().max() > 2 and (rows - 7).std() > 1  # they do move, each its own way
+    corner = moved(dot(row=0, col=0).repeat(50, 1, 1, 1), generator, shift=3.0, rotate=20.0, fill=-0.5)
+    far = corner[:, 0, 8:, 8:]  # blank paper moved in stays blank paper: no ink appears away from the dot
+    assert torch.allclose(far, torch.full_like(far, -0.5), atol=1e-5)
+    assert torch.allclose(moved(images, generator, shift=0.0, rotate=0.0), images, atol=1e-5)
+
+
+def test_moved_without_paper_repeats_the_edge():
+    flat = torch.full((4, 1, 9, 9), 0.3)
+    assert torch.allclose(moved(flat, torch.Generator().manual_seed(0), fill=None), flat, atol=1e-6)
+    assert not torch.allclose(moved(flat, torch.Generator().manual_seed(0), fill=-1.0), flat, atol=1e-3)
+
+
+class Memoriser(nn.Module):
+    """Agrees with ``teacher`` on the inputs it was shown, and with its opposite anywhere else."""
+
+    def __init__(self, teacher, seen):
+        super().__init__()
+        self.teacher, self.seen = teacher, seen
+
+    def forward(self, x):
+        out = self.teacher(x)
+        known = (x.flatten(1)[:, None] == self.seen.flatten(1)[None]).all(2).any(1)
+        return torch.where(known[:, None], out, -out)
+
+
+def test_a_student_that_knows_only_its_training_samples_scores_nothing_on_moved_probes():
+    shape, teacher = (1, 6, 6), Sign(scale=30.0)
+    source = UniformNoise()
+    source.bind(shape, 2)
+    seen = source.sample(256, torch.Generator().manual_seed(derive_seed("probes", 0, "uniform")))
+    student = Memoriser(teacher, seen)  # trained on the very draws the probes make
+    sources = {"uniform": UniformNoise()}
+    unmoved = make_probes(teacher, sources, shape, 2, seed=0, per_source=256, move=False)
+    assert score(student, unmoved).agreement == 1.0
+    probes = make_probes(teacher, sources, shape, 2, seed=0, per_source=256)
+    assert len(probes.inputs) > 100 and score(student, probes).agreement == 0.0
+    assert score(teacher, probes).agreement == 1.0
 
 
 def test_the_teacher_itself_scores_one_and_a_student_that_disagrees_less():
