@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from collections import defaultdict
@@ -47,23 +46,12 @@ from kegnet_pl.data.noise import derive_seed
 from kegnet_pl.data.sources import DFADGenerator, KegnetGenerators, Strokes
 from kegnet_pl.export import student_class
 from kegnet_pl.loading import read_checkpoint
+from kegnet_pl.selection import moved
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from select_study import BACKGROUND, INK, inverted  # noqa: E402
 
 N = selection.PER_SOURCE
-
-
-def moved(x: torch.Tensor, generator: torch.Generator, shift: float = 3.0, degrees: float = 20.0) -> torch.Tensor:
-    """``x`` (images) each shifted by up to ``shift`` pixels and rotated by up to ``degrees``, on blank paper."""
-    n, _, height, width = x.shape
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
-    offset = (torch.rand(n, 2, generator=generator) * 2 - 1) * shift * 2 / torch.tensor([width, height])
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
-    theta[:, :, 2] = offset
-    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
-    return F.grid_sample(x - BACKGROUND, grid, align_corners=False) + BACKGROUND
 
 
 def candidates(run: Path, seed: int, k: int) -> dict[str, Path]:
@@ -112,32 +100,13 @@ def shared_sets(run: Path, seed: int, seeds: list[int], teacher, shape, classes,
     if later:
         sets["generators_other"] = draw("generators_other", KegnetGenerators(str(other)))
     gen = torch.Generator().manual_seed(derive_seed("select_probes", seed, "moved"))
-    sets["generators_moved"] = moved(draw("generators_fresh", KegnetGenerators(str(own))), gen)
-    sets["strokes_moved"] = moved(draw("strokes_fresh", Strokes(**strokes)), gen)
+    sets["generators_moved"] = moved(draw("generators_fresh", KegnetGenerators(str(own))), gen, fill=BACKGROUND)
+    sets["strokes_moved"] = moved(draw("strokes_fresh", Strokes(**strokes)), gen, fill=BACKGROUND)
     sets["strokes_thick"] = draw("strokes_thick", Strokes(**strokes, max_strokes=6, width=(2.0, 3.0)))
     teacher_on = teacher.to(device)
     with torch.enable_grad():
-        sets["inverted"] = inverted_on(teacher_on, shape, classes, seed, device)
+        sets["inverted"] = inverted(teacher_on, shape, classes, seed, device=device)
     return {name: x.to(device) for name, x in sets.items()}
-
-
-def inverted_on(teacher, shape, classes, seed, device):
-    """select_study.inverted on ``device`` (its draws made on the CPU, as there)."""
-    if device == "cpu":
-        return inverted(teacher, shape, classes, seed)
-    generator = torch.Generator().manual_seed(derive_seed("inverted", seed))
-    x = (BACKGROUND + 0.3 * torch.randn(N, *shape, generator=generator)).to(device).requires_grad_(True)
-    target = torch.randint(classes, (N,), generator=generator).to(device)
-    opt = torch.optim.Adam([x], lr=0.05)
-    for _ in range(150):
-        tv = (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
-        loss = F.cross_entropy(teacher(x), target) + 0.5 * tv
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            x.clamp_(BACKGROUND, INK)
-    return x.detach()
 
 
 def dump(args) -> int:

@@ -42,10 +42,10 @@ from kegnet_pl.data.noise import derive_seed
 BACKGROUND, INK = -0.4242, 2.8215  # MNIST's blank paper and full ink after its normalisation
 
 
-def inverted(teacher, shape, classes, seed: int, n: int = 2048, steps: int = 150) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(derive_seed("inverted", seed))
-    x = (BACKGROUND + 0.3 * torch.randn(n, *shape, generator=generator)).requires_grad_(True)
-    target = torch.randint(classes, (n,), generator=generator)
+def inverted(teacher, shape, classes, seed: int, n: int = 2048, steps: int = 150, device="cpu") -> torch.Tensor:
+    generator = torch.Generator().manual_seed(derive_seed("inverted", seed))  # drawn on the CPU, optimised on device
+    x = (BACKGROUND + 0.3 * torch.randn(n, *shape, generator=generator)).to(device).requires_grad_(True)
+    target = torch.randint(classes, (n,), generator=generator).to(device)
     opt = torch.optim.Adam([x], lr=0.05)
     for _ in range(steps):
         tv = (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()

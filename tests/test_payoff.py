@@ -218,3 +218,19 @@ def test_pipeline_measures_the_payoff_once_and_latency_threads_0_leaves_latency_
     main(["--config", str(config), "--latency_threads", "1"])  # another thread count: measured again, with latency
     assert json.loads((run / "payoff.json").read_text())["latency_threads"] == 1
     assert all(row["latency_b1_ms"] > 0 for row in json.loads((run / "results.json").read_text()))
+
+
+def test_torch_cpp_extension_no_cuda_runtime_warning_is_silenced():
+    """The latency figures import torch.utils.benchmark, whose cpp_extension warns on a GPU-less machine with a CUDA
+    toolkit; kegnet_pl drops that one line and nothing else of that logger."""
+    import logging
+
+    import kegnet_pl  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+
+    def record(message):
+        return logging.LogRecord(logger.name, logging.WARNING, __file__, 1, message, ("/usr/local",), None)
+
+    assert not logger.filter(record("No CUDA runtime is found, using CUDA_HOME='%s'"))
+    assert logger.filter(record("Error building extension under '%s'"))
