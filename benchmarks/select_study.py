@@ -10,8 +10,10 @@ teacher and seeds (their candidates compete).
 Scores (higher is better):
 
 * ``chosen``: the library's score (:mod:`kegnet_pl.selection`, what ``kegnet-pipeline`` chooses by): agreement
-  with the teacher on the probes (U(-1, 1), N(0, 1), pen strokes, the seed's generators; 2,048 each) that the
-  teacher calls with probability >= 0.95, ties broken by the KL divergence there;
+  with the teacher on the probes (U(-1, 1), N(0, 1), pen strokes and another hand's, the seed's generators; 2,048
+  each, images moved) that the teacher calls with probability >= 0.95, ties broken by the KL divergence there. The
+  figures in ``results/select_study_*.txt`` are of the score before moved probes (no other hand, nothing moved);
+  ``select_probes.py`` measures both;
 * ``chosen_kl``: minus the KL divergence on those probes alone;
 * ``mix``: agreement on all the probes, sure or not;
 * ``attack``: minus the teacher-student KL after 20 steps of signed-gradient ascent on that KL from 512 of the probes
@@ -114,7 +116,9 @@ def main(argv=None) -> int:
                             loaded_teacher = teacher
                             shape, classes = loaded.input_shape, loaded.num_classes
                             sources = selection.probe_sources(shape, strokes, str(generators))
-                            every = selection.make_probes(teacher, sources, shape, classes, seed, confidence=0.0)
+                            every = selection.make_probes(
+                                teacher, sources, shape, classes, seed, confidence=0.0, fill=BACKGROUND
+                            )
                             sure = every.teacher_log_probs.exp().amax(1) >= selection.CONFIDENCE
                             chosen = selection.Probes(every.inputs[sure], every.teacher_log_probs[sure])
                             per_source = dict(zip(sources, every.inputs.split(selection.PER_SOURCE), strict=True))
