@@ -18,10 +18,10 @@ on the same probes. Real data plays no part.
 Why moved: unmoved, most of the sure probes are samples of the run's own generators, on which KegNet's students
 were trained, and the score leaned towards them. Between a KegNet and a DFAD LeNet-5-half trained from scratch it
 chose KegNet's (80.32% on the test images) over DFAD's (96.68%). Measured on full MNIST (README, "Choosing a student
-without data"; ``benchmarks/select_probes.py``): over 17 (seed, student) pairs of two teachers with six candidates
-each (KegNet, DFAD, the noise, pen-strokes and no-generators baselines; the paper's three Tucker students and
-LeNet-5-half from scratch), the chosen student was on average 0.02 points below the best candidate of its pair on
-the real test images (worst 0.07) with moved probes, 3.48 (worst 18.47) unmoved; on a fourth teacher, checked after
+without data"; ``benchmarks/select_probes.py``): over 17 (seed, student) pairs of two teachers with four to six
+candidates each (KegNet, DFAD, the noise, pen-strokes and no-generators baselines; the paper's three Tucker students
+and LeNet-5-half from scratch), the chosen student was on average 0.02 points below the best candidate of its pair
+on the real test images (worst 0.07) with moved probes, 3.48 (worst 18.47) unmoved; on a fourth teacher, checked after
 the score was fixed, 0.58 (worst 2.16) against 0.70 (2.65). Between candidates within a few tenths of a point it is
 no better than a coin. Images only: probes of other inputs are not moved, and there the score keeps that lean.
 """
@@ -227,8 +227,8 @@ def score_students(
 ) -> tuple[Probes, dict[Key, Score]]:
     """Score students of one teacher on the same probes: the noise sources, pen strokes with the settings the students
     were given (if any) and of another hand, and the generators of ``generators`` (a GeneratorModule checkpoint) or
-    else those a KegNet student's checkpoint holds; drawn with ``seed`` and moved (the strokes' background, where
-    given, is the blank paper they move on)."""
+    else those a KegNet student's checkpoint holds; drawn with ``seed`` and moved (on the strokes' blank paper where
+    the students were given strokes, else repeating the edge pixels)."""
     first = next(iter(loaded.values()))
     strokes = next((item.strokes for item in loaded.values() if item.strokes), None)
     found = generators or next((item.generators for item in loaded.values() if item.generators), None)
