@@ -11,7 +11,8 @@ on, so that any score built from them can be compared afterwards without loading
 
 * ``uniform``, ``normal``, ``strokes``, ``generators``: the library's sources, drawn as it draws them (seeded by the
   seed and the source's name) but not moved: the score before moved probes, which leaned towards KegNet's students;
-* ``generators_other``: the generators of the run's next seed (trained apart from every candidate of this seed);
+* ``generators_other``: the generators of another seed of the run, the first in ``--seeds`` that has them (trained
+  apart from every candidate of this seed);
 * ``generators_moved`` / ``strokes_moved``: fresh samples of the seed's generators / of the pen strokes, each shifted
   by up to 3 pixels and rotated by up to 20 degrees on blank paper (inputs near, but not in, what candidates saw);
 * ``strokes_thick``: pen strokes of another hand (2 to 6 strokes, 2 to 3 pixels half-width), which no candidate saw;
@@ -50,17 +51,14 @@ from kegnet_pl.selection import moved
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from select_study import BACKGROUND, INK, inverted  # noqa: E402
+from select_study import candidates as select_study_candidates  # noqa: E402
 
 N = selection.PER_SOURCE
 
 
 def candidates(run: Path, seed: int, k: int) -> dict[str, Path]:
-    """method -> stage folder of the trained students of one seed and student (those with a result)."""
-    found = {}
-    for stage in sorted((run / f"seed{seed}").glob(f"student{k}-*")):
-        if (stage / "checkpoints/last.ckpt").exists() and (stage / "result.json").exists():
-            found[stage.name.split("-", 1)[1]] = stage
-    return found
+    """method -> stage folder of one seed and student's trained students (select_study's, without the run name)."""
+    return {name.split(":", 1)[1]: stage for name, stage in select_study_candidates(run, seed, k).items()}
 
 
 def load(stage: Path, device: str):
@@ -80,10 +78,9 @@ def outputs(net, x: torch.Tensor) -> torch.Tensor:
 def shared_sets(run: Path, seed: int, seeds: list[int], teacher, shape, classes, device) -> dict[str, torch.Tensor]:
     """The probe sets of one seed that every student shares (on ``device``)."""
     own = run / f"seed{seed}/generator/checkpoints/last.ckpt"
-    later = [s for s in seeds if s != seed and (run / f"seed{s}/generator/checkpoints/last.ckpt").exists()]
-    other = (
-        run / f"seed{(later + [s for s in seeds if s < seed])[0] if later else seed}/generator/checkpoints/last.ckpt"
-    )
+    others = [
+        path for path in (run / f"seed{s}/generator/checkpoints/last.ckpt" for s in seeds if s != seed) if path.exists()
+    ]
     strokes = {"background": BACKGROUND, "ink": INK}
     library = {
         name: source for name, source in selection.probe_sources(shape, strokes, str(own)).items() if name in LIBRARY
@@ -97,15 +94,14 @@ def shared_sets(run: Path, seed: int, seeds: list[int], teacher, shape, classes,
         source.bind(shape, classes)
         return source.sample(N, torch.Generator().manual_seed(derive_seed("select_probes", seed, name))).float()
 
-    if later:
-        sets["generators_other"] = draw("generators_other", KegnetGenerators(str(other)))
+    if others:  # the first other seed of the run that has generators
+        sets["generators_other"] = draw("generators_other", KegnetGenerators(str(others[0])))
     gen = torch.Generator().manual_seed(derive_seed("select_probes", seed, "moved"))
     sets["generators_moved"] = moved(draw("generators_fresh", KegnetGenerators(str(own))), gen, fill=BACKGROUND)
     sets["strokes_moved"] = moved(draw("strokes_fresh", Strokes(**strokes)), gen, fill=BACKGROUND)
-    sets["strokes_thick"] = draw("strokes_thick", Strokes(**strokes, max_strokes=6, width=(2.0, 3.0)))
-    teacher_on = teacher.to(device)
-    with torch.enable_grad():
-        sets["inverted"] = inverted(teacher_on, shape, classes, seed, device=device)
+    sets["strokes_thick"] = draw("strokes_thick", Strokes(**strokes, **selection.OTHER_HAND))
+    with torch.enable_grad():  # the teacher was loaded onto ``device``
+        sets["inverted"] = inverted(teacher, shape, classes, seed, device=device)
     return {name: x.to(device) for name, x in sets.items()}
 
 

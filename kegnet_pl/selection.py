@@ -233,7 +233,7 @@ def score_students(
     strokes = next((item.strokes for item in loaded.values() if item.strokes), None)
     found = generators or next((item.generators for item in loaded.values() if item.generators), None)
     sources = probe_sources(first.input_shape, strokes, found)
-    fill = Strokes(**dict(strokes)).background if strokes else None
+    fill = sources["strokes"].background if "strokes" in sources else None
     probes = make_probes(first.teacher, sources, first.input_shape, first.num_classes, seed, fill=fill)
     return probes, {key: score(item.student, probes) for key, item in loaded.items()}
 
