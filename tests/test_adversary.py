@@ -44,11 +44,13 @@ def test_bad_adversary_settings_say_what_to_change(generator_ckpt):
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-def test_each_loss_reaches_only_its_own_network(generator_ckpt):
-    """One backward pass: the student's gradient is that of the distillation loss on the mixture's batch, the
-    adversary's that of minus the L1 gap on its own batch, drawn first from the batch's seed."""
+@pytest.mark.parametrize("loss", ["kl", "l1"])
+def test_each_loss_reaches_only_its_own_network(generator_ckpt, loss):
+    """One backward pass: the student's gradient is that of its loss (the KL divergence, or the L1 gap with
+    ``loss: l1``) on the mixture's batch, the adversary's that of minus the L1 gap on its own batch, drawn first
+    from the batch's seed."""
     torch.manual_seed(0)
-    model = StudentModule(generators=generator_ckpt, adversary_fraction=0.25, adversary_width=8, **SHARES)
+    model = StudentModule(generators=generator_ckpt, adversary_fraction=0.25, adversary_width=8, loss=loss, **SHARES)
     batch = {"size": torch.tensor(8), "seed": torch.tensor(1234)}
     model._adversarial_step(batch).backward()  # step 0: the adversary's turn
     student, adversary = list(model.student.parameters()), list(model.adversary.parameters())
@@ -57,7 +59,7 @@ def test_each_loss_reaches_only_its_own_network(generator_ckpt):
     draws = batch_generator(batch)
     x_adv = model.adversary.sample(2, draws)
     x = model.source.sample(8, draws).detach()
-    kd = distillation_loss(model.student(x), model.teacher(x))
+    kd = (distillation_loss if loss == "kl" else dfad_discrepancy)(model.student(x), model.teacher(x))
     gap = dfad_discrepancy(model.student(x_adv), model.teacher(x_adv))
     want_student = torch.autograd.grad(kd, student)
     want_adversary = torch.autograd.grad(-gap, adversary)
@@ -81,15 +83,34 @@ def test_fit_trains_the_adversary_at_its_own_constant_rate(tmp_path, generator_c
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
     trainer.fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=3))
-    assert trainer.global_step == 6  # one optimiser step per batch, the adversary's included
-    student_group, adversary_group = trainer.optimizers[0].param_groups
-    assert student_group["lr"] == pytest.approx(0.0, abs=1e-12) and adversary_group["lr"] == 1e-2
-    assert adversary_group["weight_decay"] == 0.0
+    assert trainer.global_step == 6  # one optimiser step per batch, the adversary's beside it
+    (student_group,) = trainer.optimizers[0].param_groups
+    assert student_group["lr"] == pytest.approx(0.0, abs=1e-12)  # the student's schedule ran out
+    assert {id(p) for p in student_group["params"]} == {id(p) for p in model.student.parameters()}
+    (adversary_group,) = model.adversary_optimizer.param_groups  # its own Adam, at a constant rate
+    assert isinstance(model.adversary_optimizer, torch.optim.Adam)
+    assert adversary_group["lr"] == 1e-2 and adversary_group["weight_decay"] == 0.0
+    assert model.adversary_optimizer.state[adversary_group["params"][0]]["step"] == 3  # steps 0, 2, 4 of 6
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("student.") for k in changed)
     assert any(".sources.3.net.fc.weight" in k for k in changed)  # the adversary learnt
     assert not any(k.startswith("teacher.") or ".sources.0." in k for k in changed)  # teacher, KegNet generators
+
+
+def test_an_sgd_student_keeps_the_adversarys_adam_and_can_learn_dfads_loss(tmp_path, generator_ckpt):
+    """DFAD's recipe inside KegNet's batches: the student on SGD and the L1 gap, the adversary on Adam."""
+    model = StudentModule(
+        generators=generator_ckpt, adversary_fraction=0.25, adversary_width=8, optimizer="sgd", loss="l1", **SHARES
+    )
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=2))
+    assert isinstance(trainer.optimizers[0], torch.optim.SGD)
+    assert isinstance(model.adversary_optimizer, torch.optim.Adam)
+    assert all("exp_avg" in state for state in model.adversary_optimizer.state.values())
+    assert all("momentum_buffer" in trainer.optimizers[0].state[p] for p in model.student.parameters())
+    with pytest.raises(ConfigError, match="loss must be 'kl'"):
+        StudentModule(generators=generator_ckpt, loss="mse")
 
 
 def adversary_config(folder, generators, batches_per_epoch=3):
@@ -117,6 +138,29 @@ def test_resume_and_checkpoint_rebuild_the_adversary(tmp_path, generator_ckpt):
     assert isinstance(restored.adversary, DFADGenerator) and restored.adversary.width == 8
     weight = "source.sources.3.net.fc.weight"
     assert torch.equal(restored.state_dict()[weight], a["state_dict"][weight])
+
+
+def test_a_run_of_an_earlier_version_resumes_with_the_adversarys_group_split_off(tmp_path, generator_ckpt):
+    """Earlier versions kept the adversary as a second parameter group of the student's Adam: resuming such a
+    checkpoint moves that group's state to the adversary's own Adam, and the run ends as an uninterrupted one."""
+    main(["fit", "--config", str(adversary_config(tmp_path / "straight", generator_ckpt))])
+    old = adversary_config(tmp_path / "old", generator_ckpt)
+    main(["fit", "--config", str(old), "--trainer.max_epochs", "1"])
+    last = tmp_path / "old" / "ckpt" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    adversary = checkpoint.pop("adversary_optimizer")  # written as an earlier version did: one optimiser, two groups
+    (student,) = checkpoint["optimizer_states"][0]["param_groups"]
+    shift = len(student["params"])
+    group = {**adversary["param_groups"][0], "params": [shift + i for i in adversary["param_groups"][0]["params"]]}
+    checkpoint["optimizer_states"][0]["param_groups"].append(group)
+    checkpoint["optimizer_states"][0]["state"].update({shift + i: v for i, v in adversary["state"].items()})
+    torch.save(checkpoint, last)
+    main(["fit", "--config", str(old), "--ckpt_path", "last"])
+    a = torch.load(tmp_path / "straight" / "ckpt" / "last.ckpt", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    assert b["global_step"] == 6 and len(b["optimizer_states"][0]["param_groups"]) == 1
+    for key, value in a["state_dict"].items():
+        assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
 
 
 def test_two_cpu_processes_with_ddp_train_student_and_adversary(tmp_path, generator_ckpt):

@@ -89,6 +89,7 @@ class StudentModule(TeacherStage):
         label_distribution: Literal["onehot", "uniform"] = "onehot",
         pool_size: int | None = 6400,
         temperature: float = 1.0,
+        loss: Literal["kl", "l1"] = "kl",
         lr: float = 1e-4,
         optimizer: Literal["adam", "sgd"] = "adam",
         weight_decay: float = 0.0,
@@ -131,6 +132,10 @@ class StudentModule(TeacherStage):
             pool_size: shorthands only: samples per generator in a fixed ``Pool`` drawn once (the authors: 6,400);
                 ``null`` draws fresh samples every step. The baselines draw the same total count.
             temperature: softmax temperature of the distillation loss (the paper: 1).
+            loss: the student's training loss: ``kl``, the KL divergence from the teacher's softmax at
+                ``temperature`` (the paper), or ``l1``, DFAD's mean absolute gap of the logits, the gap the adversary
+                ascends. For a student trained from scratch beside an adversary, ``l1`` with ``optimizer: sgd``
+                (DFAD's recipe) is far better (README, "Students trained from scratch").
             lr: learning rate (the paper: 1e-5 for MNIST, 1e-4 otherwise).
             optimizer: ``adam`` (the paper) or ``sgd`` (momentum 0.9).
             weight_decay: weight decay of the optimiser.
@@ -156,8 +161,8 @@ class StudentModule(TeacherStage):
                 adversary trains on one step in ``adversary_every``.
             adversary_width: channels of the adversary's last block (DFAD: 64; 16 costs a quarter of the time).
             adversary_every: student steps per adversary step (DFAD: 5).
-            adversary_lr: the adversary's learning rate, constant, in its own parameter group of the student's
-                optimiser (Adam: DFAD's 1e-3), without weight decay.
+            adversary_lr: the learning rate of the adversary's own Adam (DFAD's generator optimiser: 1e-3), constant,
+                without weight decay, whatever the student's optimiser.
             teacher_spec: filled in with the teacher's architecture; leave unset.
             generator_spec: read from checkpoints of earlier versions only; leave unset.
             student_ranks: filled in with the exact ranks chosen for the student; leave unset.
@@ -167,6 +172,8 @@ class StudentModule(TeacherStage):
         super().__init__()
         if optimizer not in ("adam", "sgd"):
             raise ConfigError(f"StudentModule: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        if loss not in ("kl", "l1"):
+            raise ConfigError(f"StudentModule: loss must be 'kl' (the paper) or 'l1' (DFAD's), got {loss!r}")
         for name, value in (("lr", lr), ("temperature", temperature)):
             if value <= 0:
                 raise ConfigError(f"StudentModule: {name} must be positive, got {value}")
@@ -220,6 +227,8 @@ class StudentModule(TeacherStage):
         last = self.source.sources[-1] if isinstance(self.source, Mixture) else None
         if adversary_fraction > 0 and isinstance(last, DFADGenerator):
             self.adversary = last
+        self.adversary_optimizer: torch.optim.Optimizer | None = None  # its own Adam (configure_optimizers)
+        self._adversary_state: dict[str, Any] | None = None  # a resumed run's state for it (on_load_checkpoint)
 
         if isinstance(student, str) and student in classifier_names():  # an architecture trained from scratch
             with torch.random.fork_rng(devices=[]):
@@ -413,16 +422,23 @@ class StudentModule(TeacherStage):
         x = self._inputs(batch, self.source)
         with torch.no_grad():
             teacher_logits = self.teacher(x).float()
-        loss = distillation_loss(self(x), teacher_logits, self.hparams.temperature)
+        loss = self.student_loss(self(x), teacher_logits)
         check_finite("student stage", self.global_step, self.current_epoch, {"loss_kd": loss})
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=len(x))
         return loss
 
+    def student_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """The loss the student minimises (``loss``): the KL divergence at ``temperature``, or the L1 logit gap."""
+        if self.hparams.get("loss", "kl") == "l1":
+            return dfad_discrepancy(student_logits.float(), teacher_logits.float())
+        return distillation_loss(student_logits, teacher_logits, self.hparams.temperature)
+
     def _adversarial_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """A step with an adversary: every ``adversary_every`` steps, first its loss on a batch of its own (the
         student's logits computed from detached weights, so only the adversary learns from it: it ascends the L1
-        gap to the teacher), then the student's distillation loss on the mixture's batch, drawn without gradients
-        (so only the student learns from it). One backward pass, one optimiser with a parameter group for each."""
+        gap to the teacher), then the student's loss on the mixture's batch, drawn without gradients (so only the
+        student learns from it). One backward pass; the adversary's own Adam steps in
+        :meth:`on_before_optimizer_step`, the student's optimiser after it."""
         hp, n = self.hparams, int(batch["size"])
         draws = batch_generator(batch)
         terms: dict[str, torch.Tensor] = {}
@@ -433,7 +449,7 @@ class StudentModule(TeacherStage):
         with torch.no_grad():
             x = self.source.sample(n, draws, self.device).to(self.dtype)
             teacher_logits = self.teacher(x).float()
-        terms["loss_kd"] = distillation_loss(self(x), teacher_logits, hp.temperature)
+        terms["loss_kd"] = self.student_loss(self(x), teacher_logits)
         check_finite("student stage", self.global_step, self.current_epoch, terms)
         loss = terms["loss_kd"]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=n)
@@ -518,28 +534,54 @@ class StudentModule(TeacherStage):
         return params
 
     def configure_optimizers(self) -> Any:
+        """The student's optimiser (and its schedule); an adversary gets an Adam of its own (DFAD's generator
+        optimiser: its learning rate, constant, no weight decay), stepped by :meth:`on_before_optimizer_step`."""
         params, hp = self.trainable_parameters(), self.hparams
-        constant: tuple[int, ...] = ()
-        if self.adversary is not None:  # its own group: its learning rate, no weight decay, no schedule
+        self.adversary_optimizer = None
+        if self.adversary is not None:
             own = {id(p) for p in self.adversary.parameters()}
-            student = [p for p in params if id(p) not in own]
-            adversary = {"params": list(self.adversary.parameters()), "lr": hp.adversary_lr, "weight_decay": 0.0}
-            params = [{"params": student}, adversary]
-            constant = (1,)
+            params = [p for p in params if id(p) not in own]
+            self.adversary_optimizer = torch.optim.Adam(self.adversary.parameters(), lr=hp.adversary_lr)
+            if self._adversary_state is not None:  # resumed: its state from the checkpoint
+                self.adversary_optimizer.load_state_dict(self._adversary_state)
+                self._adversary_state = None
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
         else:
             optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        return with_lr_schedule(optimizer, hp.get("lr_schedule", "constant"), self, constant)
+        return with_lr_schedule(optimizer, hp.get("lr_schedule", "constant"), self)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The adversary's step, on a step that gave it gradients (one in ``adversary_every``), before the
+        student's: through the precision plugin's gradient scaler where there is one (16-mixed), which unscales
+        its gradients and skips the step if they overflowed."""
+        adversary_optimizer = getattr(self, "adversary_optimizer", None)
+        if adversary_optimizer is None:
+            return
+        if any(p.grad is not None for p in self.adversary.parameters()):
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            if scaler is not None:
+                scaler.unscale_(adversary_optimizer)
+                scaler.step(adversary_optimizer)
+            else:
+                adversary_optimizer.step()
+        adversary_optimizer.zero_grad(set_to_none=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Self-contained checkpoints: rebuilt from the specs and exact ranks, without the generator file."""
+        """Self-contained checkpoints: rebuilt from the specs and exact ranks, without the generator file; the
+        adversary's optimiser state beside the student's (``adversary_optimizer``), so that a run resumes it."""
         super().on_save_checkpoint(checkpoint)
+        if getattr(self, "adversary_optimizer", None) is not None:
+            checkpoint["adversary_optimizer"] = self.adversary_optimizer.state_dict()
         if checkpoint.get("hyper_parameters") is not None:
             checkpoint["hyper_parameters"].pop("source", None)  # the source is rebuilt from source_spec
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Checkpoints of earlier versions held the generators at ``generators.*``: they now live in the source."""
+        """Checkpoints of earlier versions held the generators at ``generators.*``: they now live in the source; and
+        the adversary's optimiser state was a second parameter group of the student's optimiser: it is split off."""
+        self._adversary_state = checkpoint.get("adversary_optimizer")
+        if self.adversary is not None and self._adversary_state is None:
+            self._adversary_state = split_adversary_group(checkpoint)
         state = checkpoint.get("state_dict") or {}
         if any(key.startswith("generators.") for key in state):
             prefix = next(
@@ -555,6 +597,31 @@ class StudentModule(TeacherStage):
                     (prefix + key[len("generators.") :] if key.startswith("generators.") else key): value
                     for key, value in state.items()
                 }
+
+
+def split_adversary_group(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The adversary's Adam state out of a checkpoint of an earlier version, where the adversary was the second
+    parameter group of the student's optimiser; the student's optimiser state (and its schedule's) is cut to its
+    own group in place. ``None`` where there is nothing to split or the old group was not Adam's (its state then
+    starts afresh)."""
+    states = checkpoint.get("optimizer_states") or []
+    if len(states) != 1 or len(states[0].get("param_groups", [])) != 2:
+        return None
+    student_group, adversary_group = states[0]["param_groups"]
+    state = states[0].get("state", {})
+    states[0] = {"state": {i: state[i] for i in student_group["params"] if i in state}, "param_groups": [student_group]}
+    for schedule in checkpoint.get("lr_schedulers") or []:
+        for key in ("base_lrs", "_last_lr"):
+            if isinstance(schedule.get(key), list):
+                schedule[key] = schedule[key][:1]
+        schedule.pop("lr_lambdas", None)
+    if "betas" not in adversary_group:  # SGD's momentum: nothing an Adam can take over
+        return None
+    order = list(adversary_group["params"])
+    return {
+        "state": {new: state[old] for new, old in enumerate(order) if old in state},
+        "param_groups": [{**adversary_group, "params": list(range(len(order)))}],
+    }
 
 
 def describe(source: SampleSource) -> str:
