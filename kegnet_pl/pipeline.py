@@ -361,6 +361,7 @@ class Pipeline:
         jobs: int = 1,
         separate_test: bool = False,
         threads: int | None = None,
+        scratch_args: Sequence[str] = (),
     ) -> None:
         if latency_threads < 0:
             raise ConfigError(f"latency_threads must be 0 (no latency) or more, got {latency_threads}")
@@ -401,6 +402,7 @@ class Pipeline:
         self.seeds = list(seeds)
         self.generator_args = list(generator_args)
         self.student_args = list(student_args)
+        self.scratch_args = list(scratch_args)
         self.echo = echo
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
@@ -647,17 +649,17 @@ class Pipeline:
             return {"generators": None, **self.teacher_args, **args}
 
         stages = []
-        if preset not in classifier_names():  # evaluation only: no sample of its source trains it
-            stages.append(
-                ("tucker", self.student_base, student("kegnet" if generators else "uniform"), self.student_args)
-            )
+        scratch = preset in classifier_names()
+        extra = self.student_args + (self.scratch_args if scratch else [])
+        if not scratch:  # evaluation only: no sample of its source trains it
+            stages.append(("tucker", self.student_base, student("kegnet" if generators else "uniform"), extra))
         for method in self.methods:
             if method == "kegnet":
-                stages.append(("kegnet", self.student_base, student("kegnet"), self.student_args))
+                stages.append(("kegnet", self.student_base, student("kegnet"), extra))
             else:
                 args = {**self.teacher_args, "student": preset}
                 stages.append((method, self.method_bases[method], args, self.method_args[method]))
-        stages += [(source, self.student_base, student(source), self.student_args) for source in self.baselines]
+        stages += [(source, self.student_base, student(source), extra) for source in self.baselines]
         return stages
 
     @staticmethod
@@ -1058,6 +1060,7 @@ def run_pipeline(
     seeds: list[int] = [0],  # noqa: B006
     generator_args: list[str] = [],  # noqa: B006
     student_args: list[str] = [],  # noqa: B006
+    scratch_args: list[str] = [],  # noqa: B006
     methods: list[str] = ["kegnet"],  # noqa: B006
     method_configs: dict[str, str] = {},  # noqa: B006
     method_args: dict[str, list[str]] = {},  # noqa: B006
@@ -1085,6 +1088,9 @@ def run_pipeline(
         seeds: one full pipeline per seed; the table gives mean ± std over seeds.
         generator_args: extra ``kegnet fit`` arguments of the generator stage (e.g. [--trainer.max_epochs, "3"]).
         student_args: extra ``kegnet fit`` arguments of every student stage of KegNet, Tucker only and the baselines.
+        scratch_args: more ``kegnet fit`` arguments, after ``student_args``, of those stages of a student trained
+            from scratch (a registered classifier such as ``lenet5-half``), e.g. DFAD's recipe [--model.loss=l1,
+            --model.optimizer=sgd, --model.lr=0.01, --model.lr_schedule=constant, --model.weight_decay=0.0001].
         methods: the data-free methods to compare, each a stage per seed and student: ``kegnet`` (the generator
             stage, then students distilled from its samples; it alone runs the generator stage), or any name that
             ``method_configs`` gives a config for (e.g. [kegnet, dafl, dfad]).
@@ -1128,6 +1134,7 @@ def run_pipeline(
         jobs=jobs,
         separate_test=separate_test,
         threads=threads,
+        scratch_args=scratch_args,
     )
     return pipeline.run()
 

@@ -9,12 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import ROOT
 from conftest import TINY_PIPELINE as TINY
 
 from kegnet_pl import payoff
-from kegnet_pl.pipeline import main, results_table
+from kegnet_pl.pipeline import Pipeline, main, results_table
+
+TUCKER_STAGES = ["tucker", "kegnet", "uniform"]
 
 
 def write_config(tmp_path, **overrides):
@@ -249,11 +252,16 @@ def test_methods_run_side_by_side_with_their_own_budgets(tmp_path):
         methods=["kegnet", "dfad"],
         method_configs={"dfad": str(ROOT / "configs/mnist_subset/dfad.yaml")},
         method_args={"dfad": TINY_DFAD},
+        scratch_args=["--model.loss=l1"],
     )
     main(["--config", str(config)])
     run = tmp_path / "run"
     rows = json.loads((run / "results.json").read_text())
     assert [(r["method"], r["student"]) for r in rows] == [("teacher", None), ("kegnet", 1), ("dfad", 1)]
+    (fit,) = stage_commands(run / "seed0" / "student1-kegnet", "fit")
+    assert fit.endswith("--model.loss=l1")  # a student trained from scratch takes scratch_args after student_args
+    hparams = torch.load(run / "seed0" / "student1-kegnet" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert hparams["hyper_parameters"]["loss"] == "l1"
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     assert rows[1]["params"] == rows[2]["params"] == 15_738  # the same lenet5-half, distilled by each method
     assert all(0 <= r["probe_agreement"] <= 1 for r in rows[1:])  # methods meet the same data-free score
@@ -270,6 +278,28 @@ def test_methods_run_side_by_side_with_their_own_budgets(tmp_path):
     assert "the budget its config and arguments give" in table.splitlines()[0]
     assert "| Tucker only | from scratch |" in table and "| +KegNet |" in table and "| +DFAD |" in table
     assert "| +DFAD | 2 x 8 (4 steps), " in table and "| +KegNet | 4 x 16 (4 steps), " in table
+
+
+def test_scratch_args_reach_only_the_stages_of_students_trained_from_scratch(tmp_path):
+    pipeline = Pipeline(
+        TINY["generator_config"],
+        TINY["student_config"],
+        str(tmp_path / "run"),
+        ["lenet5-s1", "lenet5-half"],
+        ["uniform"],
+        [0],
+        [],
+        ["--a=1"],
+        None,
+        scratch_args=["--b=2"],
+    )
+    compressed = pipeline._student_stages("lenet5-s1", "generators.ckpt")
+    scratch = pipeline._student_stages("lenet5-half", "generators.ckpt")
+    assert [(name, extra) for name, _, _, extra in compressed] == [(name, ["--a=1"]) for name in TUCKER_STAGES]
+    assert [(name, extra) for name, _, _, extra in scratch] == [
+        ("kegnet", ["--a=1", "--b=2"]),
+        ("uniform", ["--a=1", "--b=2"]),
+    ]
 
 
 @pytest.mark.parametrize(
