@@ -113,6 +113,18 @@ def test_an_sgd_student_keeps_the_adversarys_adam_and_can_learn_dfads_loss(tmp_p
         StudentModule(generators=generator_ckpt, loss="mse")
 
 
+@pytest.mark.parametrize(("recipe", "hinted"), [({}, True), ({"loss": "l1", "optimizer": "sgd"}, False)])
+def test_a_student_from_scratch_beside_an_adversary_is_pointed_to_dfads_recipe(
+    tmp_path, generator_ckpt, capsys, recipe, hinted
+):
+    model = StudentModule(
+        generators=generator_ckpt, student="lenet5-half", adversary_fraction=0.25, adversary_width=8, **recipe, **SHARES
+    )
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, NoiseDataModule(batch_size=8, batches_per_epoch=1))
+    assert ("lenet5-half is trained from scratch beside an adversary" in capsys.readouterr().out) == hinted
+
+
 def adversary_config(folder, generators, batches_per_epoch=3):
     model = {"generators": generators, "adversary_fraction": 0.25, "adversary_width": 8, "adversary_every": 2}
     return tiny_config(

@@ -508,6 +508,14 @@ class StudentModule(TeacherStage):
     def on_train_start(self) -> None:
         """Draw the source's fixed pools now, saying what and how long (rank 0): the first step would otherwise
         wait for them in silence (5 x 6,400 generator samples: 52 s on 2 busy CPU cores)."""
+        hp, loss = self.hparams, self.hparams.get("loss", "kl")
+        if self.adversary is not None and hp.get("student_ranks") is None and (loss, hp.optimizer) != ("l1", "sgd"):
+            self._say(
+                f"StudentModule: {hp.student} is trained from scratch beside an adversary with loss {loss!r} and "
+                f"optimizer {hp.optimizer!r}; DFAD's recipe (--model.loss l1 --model.optimizer sgd --model.lr 0.01 "
+                "--model.lr_schedule constant --model.weight_decay 0.0001) trains such a student far better (README, "
+                "'Students trained from scratch')"
+            )
         for pool in (module for module in self.source.modules() if isinstance(module, Pool)):
             self._say(f"StudentModule: drawing a fixed pool of {pool.size:,} samples from {describe(pool.source)} ...")
             start = time.perf_counter()
