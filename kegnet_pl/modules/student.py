@@ -528,7 +528,8 @@ class StudentModule(TeacherStage):
         sys.stdout.flush()
 
     def trained_modules(self) -> list[nn.Module]:
-        return [self.student] if self.adversary is None else [self.student, self.adversary]
+        """The student: an adversary, if any, trains with an Adam of its own (:meth:`configure_optimizers`)."""
+        return [self.student]
 
     def frozen_modules(self) -> list[nn.Module]:
         """The teacher, and the source unless it trains (a method's generator, with its own optimiser)."""
@@ -547,8 +548,6 @@ class StudentModule(TeacherStage):
         params, hp = self.trainable_parameters(), self.hparams
         self.adversary_optimizer = None
         if self.adversary is not None:
-            own = {id(p) for p in self.adversary.parameters()}
-            params = [p for p in params if id(p) not in own]
             self.adversary_optimizer = torch.optim.Adam(self.adversary.parameters(), lr=hp.adversary_lr)
             if self._adversary_state is not None:  # resumed: its state from the checkpoint
                 self.adversary_optimizer.load_state_dict(self._adversary_state)
@@ -563,7 +562,7 @@ class StudentModule(TeacherStage):
         """The adversary's step, on a step that gave it gradients (one in ``adversary_every``), before the
         student's: through the precision plugin's gradient scaler where there is one (16-mixed), which unscales
         its gradients and skips the step if they overflowed."""
-        adversary_optimizer = getattr(self, "adversary_optimizer", None)
+        adversary_optimizer = self.adversary_optimizer
         if adversary_optimizer is None:
             return
         if any(p.grad is not None for p in self.adversary.parameters()):
@@ -579,7 +578,7 @@ class StudentModule(TeacherStage):
         """Self-contained checkpoints: rebuilt from the specs and exact ranks, without the generator file; the
         adversary's optimiser state beside the student's (``adversary_optimizer``), so that a run resumes it."""
         super().on_save_checkpoint(checkpoint)
-        if getattr(self, "adversary_optimizer", None) is not None:
+        if self.adversary_optimizer is not None:
             checkpoint["adversary_optimizer"] = self.adversary_optimizer.state_dict()
         if checkpoint.get("hyper_parameters") is not None:
             checkpoint["hyper_parameters"].pop("source", None)  # the source is rebuilt from source_spec
