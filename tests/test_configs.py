@@ -75,13 +75,16 @@ def test_pipeline_config_stage_arguments_parse(path, capsys):
         pipeline.get("methods", ["kegnet"]), pipeline.get("method_configs", {}), pipeline.get("method_args", {})
     )
     stages = [(pipeline[f"{stage}_config"], pipeline.get(f"{stage}_args", [])) for stage in ("generator", "student")]
+    if pipeline.get("scratch_args"):  # a student from scratch: the student stage's arguments, then these
+        stages.append((pipeline["student_config"], [*pipeline.get("student_args", []), *pipeline["scratch_args"]]))
     for method in pipeline.get("methods", ["kegnet"]):
         if method != "kegnet":
             stages.append((pipeline["method_configs"][method], pipeline.get("method_args", {}).get(method, [])))
     for stage_config, args in stages:
         config = print_config(capsys, "--config", str(ROOT / stage_config), *args)
-        for arg in args:
-            key, value = arg.removeprefix("--").split("=", 1)
+        last = dict(arg.removeprefix("--").split("=", 1) for arg in args)  # a later argument overrides an earlier
+        for key, value in last.items():
+            arg = f"--{key}={value}"
             section, *rest = key.split(".")
             node = config[section]
             for part in rest:
