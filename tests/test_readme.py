@@ -39,3 +39,11 @@ def test_every_config_and_benchmark_named_exists():
     named = set(re.findall(r"\b((?:configs|benchmarks|docs)/[\w./-]+\.(?:yaml|py|sh|png|txt|md|json|jsonl))\b", README))
     assert len(named) >= 10
     assert sorted(path for path in named if not (ROOT / path).exists()) == []
+
+
+def test_every_benchmark_script_is_named():
+    scripts = sorted(
+        path.relative_to(ROOT).as_posix() for path in ROOT.glob("benchmarks/*") if path.suffix in {".py", ".sh"}
+    )
+    assert len(scripts) >= 10
+    assert [script for script in scripts if script not in README] == []
