@@ -31,6 +31,12 @@ declare -A SHARES=(
   [strokes50]="noise_fraction=0 strokes_fraction=0.5 adversary_fraction=0.25"
 )
 RECIPES="config paper noise50 strokes25 strokes50"
+if [ -n "$GENERATORS" ] && [ ! -f "$GENERATORS/checkpoints/last.ckpt" ]; then
+  echo "no finished generator stage at $GENERATORS ($GENERATORS/checkpoints/last.ckpt is missing); give a run's" \
+       "seed<S>/generator folder, or leave the argument out to train them" >&2
+  exit 2
+fi
+mkdir -p "$OUT"
 first=""
 for recipe in $RECIPES; do
   run="$OUT/$recipe"
