@@ -249,6 +249,19 @@ def same_network(a: nn.Module, b: nn.Module) -> bool:
 PROG = "kegnet choose"
 
 
+def stage_checkpoint(path: str) -> str:
+    """``path`` itself, or for a stage folder (``<run>/seed0/student1-kegnet``) the last checkpoint inside it."""
+    if not Path(path).is_dir():
+        return path
+    last = Path(path) / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise CheckpointError(
+            f"{path!r} is a folder without checkpoints/last.ckpt; give a student checkpoint file or the folder of a "
+            "student stage that has run (such as <run>/seed0/student1-kegnet)"
+        )
+    return str(last)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``kegnet choose``."""
     from kegnet_pl.errors import OneLineParser
@@ -259,7 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"probes it calls with probability >= {CONFIDENCE}, images shifted and turned so that no student trained on "
         "them) and name the one to ship.",
     )
-    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="student checkpoints of one teacher")
+    parser.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="student checkpoints of one teacher, or stage folders (their checkpoints/last.ckpt is taken)",
+    )
     parser.add_argument(
         "--generators",
         metavar="CKPT",
@@ -275,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit 2 with one line for a file that is not a student checkpoint of the same teacher."""
     args = build_parser().parse_args(argv)
     try:
-        loaded = {path: load_stage(path) for path in dict.fromkeys(args.checkpoints)}
+        loaded = {path: load_stage(path) for path in dict.fromkeys(map(stage_checkpoint, args.checkpoints))}
         first_path, first = next(iter(loaded.items()))
         for path, other in loaded.items():
             if (other.input_shape, other.num_classes) != (first.input_shape, first.num_classes) or not same_network(

@@ -1,6 +1,7 @@
 """Choosing a student without data: probes the teacher is sure of, the score on them, and the choice."""
 
 import math
+import shutil
 import subprocess
 import sys
 
@@ -160,6 +161,25 @@ def test_kegnet_choose_names_the_student_closest_to_the_teacher(tiny_checkpoints
     assert first > second
     main(["choose", noisy, original])  # the generators a KegNet student's checkpoint holds: the same probes
     assert capsys.readouterr().out.splitlines() == out
+
+
+def test_kegnet_choose_takes_a_stage_folder_as_its_last_checkpoint(tiny_checkpoints, tmp_path, capsys):
+    from kegnet_pl.cli import main
+
+    original = str(tiny_checkpoints["student"])
+    stage = tmp_path / "seed0" / "student1-kegnet"
+    (stage / "checkpoints").mkdir(parents=True)
+    shutil.copy(original, stage / "checkpoints" / "last.ckpt")
+    noisy = perturbed(original, tmp_path / "noisy.ckpt", 1.0)
+    main(["choose", noisy, str(stage)])
+    assert capsys.readouterr().out.splitlines()[-1] == f"chosen: {stage / 'checkpoints' / 'last.ckpt'}"
+    empty = tmp_path / "seed0" / "student2-kegnet"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["choose", noisy, str(empty)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "folder without checkpoints/last.ckpt" in err and str(empty) in err and len(err.splitlines()) == 1
 
 
 def test_kegnet_choose_refuses_students_of_another_teacher_and_files_without_a_student(tiny_checkpoints, tmp_path):
