@@ -11,7 +11,8 @@ features) and ``+ tv * TV(x)`` (a total-variation prior)) and save the generator
     python benchmarks/recipe_mnist.py gen --gen-steps 1200 --gens runs/recipe/g1200.pt
 
 ``distill``: compress the teacher into a student (a preset name or a JSON rank spec) and distil it for
-``--steps`` steps of ``--batch`` fresh samples (Adam ``--lr`` decaying to 0, cosine; KL at temperature ``--T``),
+``--steps`` steps of ``--batch`` fresh samples (Adam ``--lr`` decaying to 0, cosine; KL at temperature ``--T``;
+``--optimizer sgd --schedule constant --weight-decay 1e-4 --kd l1`` for DFAD's student recipe),
 then print and append to ``--out`` one JSON line with the Tucker-only and final accuracy on the 10,000 real
 MNIST test images. The real images only score the student; the ``real`` source (the 55,000 training images)
 gives the ceiling that data-free distillation can reach with the same steps::
@@ -104,6 +105,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--optimizer", default="adam", choices=["adam", "sgd"], help="distill: the student's (sgd: momentum 0.9)"
+    )
+    p.add_argument("--weight-decay", type=float, default=0.0, help="distill: the student optimizer's weight decay")
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="distill: learning rate decay")
     p.add_argument("--source", default="kegnet", choices=["kegnet", "mix", "uniform", "normal", "real", "impress"])
     p.add_argument("--noise-fraction", type=float, default=0.5, help="mix: share of every batch that is U(-1, 1)")
     p.add_argument("--labels", default="uniform", choices=["uniform", "onehot"], help="labels fed to generators")
@@ -331,7 +337,11 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
     student.to(dev)
     for module in student.children():
         module.requires_grad_(not a.freeze or isinstance(module, torch.nn.Sequential))
-    opt = torch.optim.Adam([q for q in student.parameters() if q.requires_grad], lr=a.lr)
+    trained = [q for q in student.parameters() if q.requires_grad]
+    if a.optimizer == "sgd":  # DFAD's student optimizer (momentum 0.9)
+        opt = torch.optim.SGD(trained, lr=a.lr, momentum=0.9, weight_decay=a.weight_decay)
+    else:
+        opt = torch.optim.Adam(trained, lr=a.lr, weight_decay=a.weight_decay)
     layers = [name for name, _ in teacher.named_children()][:-1]  # every layer but the head (the logits' own)
     feats: dict[str, dict[str, torch.Tensor]] = {"s": {}, "t": {}}
     if a.feat:
@@ -340,7 +350,8 @@ def distill(a: argparse.Namespace, teacher: torch.nn.Module) -> None:
                 getattr(net, name).register_forward_hook(
                     lambda _m, _i, out, key=key, name=name: feats[key].__setitem__(name, out)
                 )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / a.steps)))
+    decay = (lambda s: 0.5 * (1 + math.cos(math.pi * s / a.steps))) if a.schedule == "cosine" else (lambda s: 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
 
     def draw(n: int, grad: bool = False):
         if a.source in ("real", "impress"):
