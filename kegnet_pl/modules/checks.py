@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -59,24 +58,13 @@ def check_data_fits(module_name: str, input_shape: tuple[int, ...], num_classes:
         )
 
 
-def with_lr_schedule(
-    optimizer: torch.optim.Optimizer, schedule: str, module: Any, constant_groups: tuple[int, ...] = ()
-) -> Any:
+def with_lr_schedule(optimizer: torch.optim.Optimizer, schedule: str, module: Any) -> Any:
     """``optimizer`` alone (``constant``), or with a cosine decay of its learning rate to 0 over the optimiser steps
-    of ``module``'s run (``cosine``; asks its trainer), in the form ``configure_optimizers`` returns. The parameter
-    groups numbered in ``constant_groups`` keep their learning rate."""
+    of ``module``'s run (``cosine``; asks its trainer), in the form ``configure_optimizers`` returns."""
     if schedule == "constant":
         return optimizer
     if schedule != "cosine":
         raise ConfigError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
     steps = max(1, int(module.trainer.estimated_stepping_batches))
-    if constant_groups:
-
-        def cosine(step: int) -> float:
-            return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
-
-        factors = [(lambda _: 1.0) if i in constant_groups else cosine for i in range(len(optimizer.param_groups))]
-        decay: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
-    else:
-        decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}
