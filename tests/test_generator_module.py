@@ -103,6 +103,17 @@ def test_generators_start_from_different_reproducible_weights():
     assert torch.equal(w[0], next(b.generators[0].parameters()))
 
 
+def test_no_two_seeds_share_a_pairs_starting_weights():
+    first = {
+        seed: [next(g.parameters()) for g in GeneratorModule(teacher=TEACHER, n_generators=3, seed=seed).generators]
+        + [next(d.parameters()) for d in GeneratorModule(teacher=TEACHER, n_generators=3, seed=seed).decoders]
+        for seed in (0, 1, 2)
+    }
+    weights = [w for ws in first.values() for w in ws]
+    assert len(weights) == 18
+    assert not any(torch.equal(a, b) for i, a in enumerate(weights) for b in weights[i + 1 :] if a.shape == b.shape)
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     straight = tmp_path / "straight"
     main(["fit", "--config", str(generator_config(straight))])

@@ -88,7 +88,8 @@ class GeneratorModule(TeacherStage):
             num_classes: the teacher's class count: checked against a file that records it, needed for one that
                 does not (KegNet files, state dicts).
             input_shape: the teacher's input shape, checked or needed likewise.
-            seed: seed of the generators' initialisation (generator g uses ``seed + g``).
+            seed: seed of the generators' initialisation (pair g uses ``seed * n_generators + g``: every pair of every
+                seed starts from its own weights).
             vectorize: run the pairs of a training step as one batched computation (vmap over the generators and
                 the decoders, the teacher once on all their samples) rather than one pair after another. Results
                 agree up to rounding. Off by default: on the CPU it was not faster (0.87 to 1.03 times the loop's
@@ -122,7 +123,9 @@ class GeneratorModule(TeacherStage):
         generators, decoders = [], []
         for g in range(n_generators):
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + g)  # a different, reproducible initialisation per pair
+                # a different, reproducible initialisation per pair, and none shared between seeds (``seed + g``
+                # gave generator 1 of seed 0 the starting weights of generator 0 of seed 1); seed 0 keeps g
+                torch.manual_seed(seed * n_generators + g)
                 generators.append(build_generator(self.input_shape, self.num_classes, noise_dim))
                 decoders.append(Decoder(self.input_shape, noise_dim, extra_layers=decoder_layers))
         self.generators = nn.ModuleList(generators)
