@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import ROOT, tiny_config, training_modes
+from conftest import ROOT, quiet_trainer, tiny_config, training_modes
 from torch import nn
 
 from kegnet_pl.cli import main
@@ -211,6 +211,38 @@ def test_generator_step_moves_only_the_generator_and_student_step_only_the_stude
     student_opt.step()
     assert moved(before) == {"student"}
     assert all(torch.equal(a, p.grad) for a, p in zip(generator_grads, model.source.parameters(), strict=True))
+
+
+def student_gradients_under_16_mixed(tmp_path, teacher, growth_interval):
+    """The student's gradients as its optimiser steps, in one DAFL iteration under 16-mixed on the CPU."""
+    from pytorch_lightning import Callback
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    seen = []
+
+    class Record(Callback):
+        def on_train_start(self, trainer, module):
+            student_opt = trainer.optimizers[0]
+            student_opt.register_step_pre_hook(
+                lambda *_: seen.append([p.grad.clone() for p in module.student.parameters()])
+            )
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=growth_interval)
+    trainer = quiet_trainer(tmp_path, plugins=[MixedPrecision("16-mixed", "cpu", scaler)], callbacks=[Record()])
+    trainer.fit(DAFLModule(teacher=teacher, **SMALL), NoiseDataModule(batch_size=8, batches_per_epoch=1, val_batches=0))
+    (grads,) = seen
+    return grads, scaler.get_scale()
+
+
+def test_under_16_mixed_the_student_is_unscaled_by_the_scale_its_own_gradients_had(tmp_path, teacher):
+    """The precision plugin updates the loss scale after every optimiser step; a scale that grows after the
+    generator's step (growth every step) must not shrink the student's gradients."""
+    steady, _ = student_gradients_under_16_mixed(tmp_path, teacher, growth_interval=10_000)
+    growing, scale = student_gradients_under_16_mixed(tmp_path, teacher, growth_interval=1)
+    assert scale == 2.0**9  # one update for the iteration's two optimiser steps
+    assert any(g.abs().sum() > 0 for g in steady)
+    for a, b in zip(steady, growing, strict=True):
+        assert torch.equal(a, b), (a.norm(), b.norm())  # the same scaled gradients, unscaled by the same scale
 
 
 def test_grid_samples_fill_a_row_per_teacher_class(teacher):

@@ -30,7 +30,9 @@ rank and batch), so resumed runs see what an uninterrupted run would and every D
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -86,6 +88,23 @@ def check_has_features(net: nn.Module, arch: Any) -> None:
             "forward_head(forward_features(x)), as in kegnet_pl.nets.classifiers.LeNet5) or use a registered "
             "classifier as the teacher"
         )
+
+
+@contextlib.contextmanager
+def one_scale_update(precision_plugin: Any) -> Iterator[None]:
+    """Hold back the loss scale's update while the optimiser steps inside run, so that the next step (outside) is
+    unscaled by the scale that its gradients, from the same backward pass, were scaled by, and the update counts
+    every optimiser's overflow once (GradScaler's order for several optimisers: step each, then update). The
+    precision plugin (16-mixed) otherwise updates the scale after every optimiser step. Nothing without a scaler."""
+    scaler = getattr(precision_plugin, "scaler", None)
+    if scaler is None:
+        yield
+        return
+    scaler.update = lambda *args, **kwargs: None  # an instance attribute over the method, removed below
+    try:
+        yield
+    finally:
+        del scaler.update
 
 
 class DAFLModule(StudentModule):
@@ -199,7 +218,8 @@ class DAFLModule(StudentModule):
         generator_opt.zero_grad()
         student_opt.zero_grad()
         self.manual_backward(loss_generator + loss_student)  # disjoint: each reaches only its own network
-        generator_opt.step()
+        with one_scale_update(self.trainer.precision_plugin):  # 16-mixed: both unscaled by this backward's scale
+            generator_opt.step()
         student_opt.step()
         losses = {"train/loss": loss_student, "train/loss_generator": loss_generator}
         self.log_dict(losses, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=n)
