@@ -133,3 +133,31 @@ def test_over_several_processes_each_rank_takes_its_share_in_a_fixed_order():
         shares.append(list(loader))
         assert list(loader) == shares[-1]  # every epoch
     assert shares == [[0, 2, 4], [1, 3, 5]]
+
+
+def teacher_on_csv(tmp_path, **overrides):
+    rows = torch.randn(80, 6, generator=torch.Generator().manual_seed(0))
+    csv = tmp_path.parent / "rows.csv"
+    csv.write_text("".join(",".join(f"{v:.4f}" for v in row) + f",{i % 3}\n" for i, row in enumerate(rows.tolist())))
+    model = {
+        "class_path": "TeacherModule",
+        "init_args": {"arch": "mlp", "input_shape": [6], "num_classes": 3, "arch_kwargs": {"dropout": 0.3}},
+    }
+    data = {"class_path": "CSVDataModule", "init_args": {"path": str(csv), "batch_size": 8}}
+    return tiny_config(tmp_path, "teacher", model, data, **{"trainer.max_epochs": 2, **overrides})
+
+
+def test_teacher_resumed_after_an_epoch_ends_as_an_uninterrupted_run(tmp_path):
+    """The training loader's shuffling goes on from epoch to epoch and dropout draws from torch's global random
+    state; a resumed run takes up both from the checkpoint, so its second epoch is neither the first epoch's order
+    again nor the dropout masks of a freshly seeded run."""
+    main(["fit", "--config", str(teacher_on_csv(tmp_path / "straight"))])
+    config = teacher_on_csv(tmp_path / "split")
+    main(["fit", "--config", str(config), "--trainer.max_epochs", "1"])
+    main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    a = torch.load(tmp_path / "straight" / "ckpt" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "ckpt" / "last.ckpt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    assert torch.equal(a["CSVDataModule"]["shuffle_state"], b["CSVDataModule"]["shuffle_state"])
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key

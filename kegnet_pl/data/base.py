@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from kegnet_pl.errors import ConfigError
+from kegnet_pl.errors import CheckpointError, ConfigError
 
 
 def check_positive(name: str, value: float, owner: str) -> None:
@@ -58,24 +59,43 @@ class ClassificationDataModule(LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self._shuffle: torch.Generator | None = None  # the training loader's, which draws every epoch's order
+        self._shuffle_state: torch.Tensor | None = None  # its state from a checkpoint (load_state_dict)
 
-    def _loader(self, dataset: Dataset | None, stage: str, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, stage: str, generator: torch.Generator | None = None) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__} has no {stage} split; call setup() first")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=generator is not None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            generator=generator,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, "train", shuffle=True)
+        """Shuffled by a generator seeded with ``seed`` that goes on from epoch to epoch; a run resumed from a
+        checkpoint goes on from the state the checkpoint saved (:meth:`state_dict`), so that its epochs see the
+        orders an uninterrupted run's would (with ``num_workers`` 0; under DDP Lightning's sampler orders them)."""
+        self._shuffle = torch.Generator().manual_seed(self.seed)
+        if self._shuffle_state is not None:
+            self._shuffle.set_state(self._shuffle_state)
+            self._shuffle_state = None
+        return self._loader(self.train_set, "train", self._shuffle)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: where the training loader's shuffling stands."""
+        return {} if self._shuffle is None else {"shuffle_state": self._shuffle.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = state_dict.get("shuffle_state")
+        if state is not None and not (isinstance(state, torch.Tensor) and state.dtype == torch.uint8):
+            raise CheckpointError(f"{type(self).__name__}: the checkpoint's shuffle_state is not a generator state")
+        self._shuffle_state = state
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, "validation", shuffle=False)
+        return self._loader(self.val_set, "validation")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, "test", shuffle=False)
+        return self._loader(self.test_set, "test")

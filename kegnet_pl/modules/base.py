@@ -25,6 +25,7 @@ from torch import nn
 from kegnet_pl.compression import parameter_count
 from kegnet_pl.errors import CheckpointError, ConfigError
 from kegnet_pl.loading import CheckedLoading, SpecMissingError, load_classifier_and_spec
+from kegnet_pl.modules.checks import ResumableRandomness
 from kegnet_pl.nets import Frozen, build_classifier_from_spec
 
 #: what a teacher file that does not record its architecture needs, as options of the ``kegnet`` command
@@ -74,7 +75,7 @@ def noise_setting(model: Any, key: str) -> Any:
     return settings[key]
 
 
-class TeacherStage(CheckedLoading, LightningModule):
+class TeacherStage(ResumableRandomness, CheckedLoading, LightningModule):
     """A LightningModule around a frozen teacher (see the module docstring). Subclasses call :meth:`set_teacher`
     in ``__init__`` and say which modules train (:meth:`trained_modules`) and which are frozen besides the
     teacher (:meth:`frozen_modules`)."""
@@ -125,6 +126,7 @@ class TeacherStage(CheckedLoading, LightningModule):
     # --- checkpoints ---------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Make the checkpoint self-contained: files are forgotten, the specs that replace them are written."""
+        super().on_save_checkpoint(checkpoint)
         hparams = checkpoint.get("hyper_parameters")
         if hparams is None:
             return

@@ -68,3 +68,34 @@ def with_lr_schedule(optimizer: torch.optim.Optimizer, schedule: str, module: An
     steps = max(1, int(module.trainer.estimated_stepping_batches))
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}
+
+
+class ResumableRandomness:
+    """Mixin of the LightningModules: every checkpoint holds torch's global random state (the CPU's, and the GPU's
+    the module runs on), and a run resumed from a checkpoint takes it up as its first epoch starts, so that what
+    draws from it (dropout) goes on as in a run never interrupted. (The data have random streams of their own.)
+    Subclasses that override ``on_save_checkpoint``, ``on_load_checkpoint`` or ``on_train_epoch_start`` call
+    ``super()``. Under DDP the checkpoint holds rank 0's state, which every rank takes up; every rank starts from the
+    same seed anyway."""
+
+    _saved_random_state: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        checkpoint["random_state"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("random_state")
+        self._saved_random_state = state if isinstance(state, dict) else None
+
+    def on_train_epoch_start(self) -> None:
+        state, self._saved_random_state = self._saved_random_state, None
+        if state is None or self.trainer.ckpt_path is None:  # loaded, not resumed: the run's own seed stands
+            return
+        cpu, cuda = state.get("cpu"), state.get("cuda")
+        if isinstance(cpu, torch.Tensor) and cpu.dtype == torch.uint8:
+            torch.set_rng_state(cpu)
+        if isinstance(cuda, torch.Tensor) and cuda.dtype == torch.uint8 and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda, self.device)

@@ -586,6 +586,7 @@ class StudentModule(TeacherStage):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Checkpoints of earlier versions held the generators at ``generators.*``: they now live in the source; and
         the adversary's optimiser state was a second parameter group of the student's optimiser: it is split off."""
+        super().on_load_checkpoint(checkpoint)
         self._adversary_state = checkpoint.get("adversary_optimizer")
         if self.adversary is not None and self._adversary_state is None:
             self._adversary_state = split_adversary_group(checkpoint)

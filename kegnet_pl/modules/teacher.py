@@ -11,11 +11,11 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from kegnet_pl.errors import ConfigError
 from kegnet_pl.loading import CheckedLoading, load_classifier
-from kegnet_pl.modules.checks import check_data_fits, check_finite, with_lr_schedule
+from kegnet_pl.modules.checks import ResumableRandomness, check_data_fits, check_finite, with_lr_schedule
 from kegnet_pl.nets.registry import build_classifier
 
 
-class TeacherModule(CheckedLoading, LightningModule):
+class TeacherModule(ResumableRandomness, CheckedLoading, LightningModule):
     """Trains a registered classifier with cross-entropy and reports accuracy per stage.
 
     ``forward`` returns logits. The network lives in ``self.net`` so a checkpoint's state dict is the
