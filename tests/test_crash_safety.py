@@ -131,3 +131,36 @@ def test_one_check_for_all_generators_names_the_first_bad_term():
     named = r"^generator stage \(generator 1\): the loss term loss_dec is inf at step 3"
     with pytest.raises(NumericalError, match=named):
         check_finite_groups(3, 0, {"generator stage (generator 0)": good, "generator stage (generator 1)": bad})
+
+
+def _check_on_two_processes(rank: int, port: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    from kegnet_pl.errors import NumericalError
+    from kegnet_pl.modules.checks import check_finite
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    loss = torch.tensor(float("nan") if rank == 1 else 1.0)
+    try:
+        check_finite("student stage", 7, 0, {"loss_kd": loss})
+        said = "went on"
+    except NumericalError as err:
+        said = str(err)
+    (pathlib.Path(folder) / f"rank{rank}.txt").write_text(said)
+    dist.destroy_process_group()
+
+
+def test_a_loss_not_finite_on_one_process_stops_every_process(tmp_path):
+    """Under DDP the process whose loss is NaN stops; the others must stop too, not wait for it in the gradients'
+    all-reduce until the collective times out."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.start_processes(_check_on_two_processes, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    said = {rank: (tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)}
+    assert said[1].startswith("student stage: the loss term loss_kd is nan at step 7")
+    assert said[0].startswith("student stage: a loss is not finite on another process at step 7")

@@ -11,13 +11,22 @@ from kegnet_pl.errors import ConfigError, NumericalError
 
 
 def all_finite(values: Iterable[torch.Tensor]) -> bool:
-    """Whether every element of ``values`` is finite, read back from the device once, however many there are.
+    """Whether every element of ``values`` is finite, read back from the device once, however many there are; under
+    several processes (DDP), whether it is so on every process, so that all stop together rather than the others
+    waiting for the stopped one in the gradients' all-reduce until the collective times out.
 
     On a GPU each read-back waits for the queued work; one per training step instead of one per loss term keeps
     the CPU queueing kernels ahead of the GPU.
     """
     flat = [value.detach().reshape(-1).float() for value in values]
-    return not flat or bool(torch.isfinite(torch.cat(flat)).all())
+    if not flat:
+        return True
+    finite = torch.isfinite(torch.cat(flat)).all()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # every process decides alike
+        flag = finite.float()
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        finite = flag > 0
+    return bool(finite)
 
 
 def check_finite(stage: str, step: int, epoch: int, terms: dict[str, torch.Tensor]) -> None:
@@ -34,14 +43,17 @@ def check_finite_groups(step: int, epoch: int, groups: dict[str, dict[str, torch
     the message names the first group and term that is not finite."""
     if all_finite(value for terms in groups.values() for value in terms.values()):
         return
+    advice = "training stopped and the last good checkpoint is kept. Resume with --ckpt_path last, perhaps with a "
+    advice += "lower --model.lr"
     for stage, terms in groups.items():
         for name, value in terms.items():
             if not torch.isfinite(value.detach()).all():
                 raise NumericalError(
                     f"{stage}: the loss term {name} is {value.detach().float().mean().item()} at step {step} "
-                    f"(epoch {epoch}); training stopped and the last good checkpoint is kept. Resume with "
-                    "--ckpt_path last, perhaps with a lower --model.lr"
+                    f"(epoch {epoch}); {advice}"
                 )
+    stages = ", ".join(groups)
+    raise NumericalError(f"{stages}: a loss is not finite on another process at step {step} (epoch {epoch}); {advice}")
 
 
 def check_data_fits(module_name: str, input_shape: tuple[int, ...], num_classes: int, datamodule: Any) -> None:
