@@ -8,6 +8,7 @@ that trains its own inputs (DAFL, DFAD), given the pipeline's teacher, seed and 
 runs only for ``kegnet``::
 
     <out>/seed<S>/<stage>/config.yaml      the stage's full config: `kegnet fit --config` reruns it exactly
+    <out>/seed<S>/<stage>/args.json        the arguments it was given after the config (``--student_args`` ...)
     <out>/seed<S>/<stage>/stage.log        what the stage printed
     <out>/seed<S>/<stage>/result.json      written when the stage finished (a finished stage is skipped)
     <out>/results.json, results.md         accuracy, parameters, compression ratio and wall time per stage, the
@@ -23,7 +24,8 @@ stage (:mod:`kegnet_pl.stage`), or with ``--separate_test true`` a ``kegnet fit`
 ``--jobs N`` runs up to N stages side by side (a seed's students once its generators are trained), each with CPU
 cores // N torch threads. It prints stage k of n, the time elapsed and an estimate of the time left as stages start
 and finish. Run the same command again after an interruption: finished stages are skipped and an interrupted one
-resumes from its ``last.ckpt``. SIGTERM (``kill``, ``timeout``, a cluster's scheduler) stops the running stages at
+resumes from its ``last.ckpt``; a stage whose folder was run with other settings (teacher, student, budget,
+arguments) is refused before anything starts, rather than reported under the new settings. SIGTERM (``kill``, ``timeout``, a cluster's scheduler) stops the running stages at
 their next batch and starts no other; the command then exits with status 143 and the same command resumes.
 """
 
@@ -53,6 +55,8 @@ from kegnet_pl.atomic import atomic_write, atomic_write_text
 from kegnet_pl.errors import ConfigError, KegnetError, parser_message
 
 RESULT = "result.json"
+#: the stage's command-line arguments after its config (``--student_args`` and the like), beside its config.yaml
+ARGS = "args.json"
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 METRICS = "metrics.json"
 PAYOFF = "payoff.json"
@@ -153,6 +157,73 @@ def stage_config(
     model["seed"] = seed
     config.setdefault("data", {}).setdefault("init_args", {})["seed"] = seed
     return config
+
+
+def _placeholders(value: Any, paths: dict[str, str]) -> Any:
+    """``value`` (a config) with every occurrence of the ``paths`` (text -> placeholder) replaced, longest first."""
+    if isinstance(value, dict):
+        return {key: _placeholders(item, paths) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_placeholders(item, paths) for item in value]
+    if isinstance(value, str):
+        for text in sorted(paths, key=len, reverse=True):
+            value = value.replace(text, paths[text])
+    return value
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        return {key: item for name, sub in value.items() for key, item in _flat(sub, f"{prefix}{name}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def settings_changed(stage: Stage, out: Path) -> list[str]:
+    """How the settings of ``stage`` differ from those its folder was run with (``key: was -> now``); empty when the
+    folder holds no run, or one with the same settings. Paths inside the run folder are compared as placeholders,
+    so a folder copied into another run (the generators of an earlier run, say) compares equal."""
+    saved_path = stage.folder / "config.yaml"
+    if not saved_path.is_file():
+        return []
+    try:
+        saved = yaml.safe_load(saved_path.read_text())
+    except yaml.YAMLError:
+        return []  # an unreadable config is written again when the stage runs
+    if not isinstance(saved, dict):
+        return []
+    was_root = Path(str(saved.get("trainer", {}).get("default_root_dir", stage.folder)))
+    was = _placeholders(saved, {str(was_root): "<stage>", str(was_root.parent.parent): "<run>"})
+    now = _placeholders(stage.config, {str(stage.folder): "<stage>", str(out): "<run>"})
+    before, after = _flat(was), _flat(now)
+    changes = [
+        f"{key}: {before.get(key, '(not set)')!r} -> {after.get(key, '(not set)')!r}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    ]
+    args_path = stage.folder / ARGS
+    if args_path.is_file():
+        try:
+            args = json.loads(args_path.read_text())
+        except json.JSONDecodeError:
+            args = None
+        if isinstance(args, list) and args != list(stage.extra):
+            changes.append(f"arguments: {shlex.join(args) or '(none)'} -> {shlex.join(stage.extra) or '(none)'}")
+    return changes
+
+
+def check_settings_unchanged(plan: Sequence[Stage], out: Path) -> None:
+    """Refuse, before any stage starts, to skip or resume a stage whose folder was run with other settings (another
+    teacher, student, budget or argument): its result would enter the table under the new settings' names."""
+    for stage in plan:
+        if not ((stage.folder / RESULT).is_file() or (stage.folder / "checkpoints" / "last.ckpt").is_file()):
+            continue
+        changes = settings_changed(stage, out)
+        if changes:
+            shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
+            raise ConfigError(
+                f"{stage.folder} was run with other settings than this command gives it ({shown}); its result "
+                f"would be reported under these settings. Give another --out for a new run, or delete "
+                f"{stage.folder} to run that stage again with these settings"
+            )
 
 
 def check_methods(
@@ -510,6 +581,7 @@ class Pipeline:
         folder.mkdir(parents=True, exist_ok=True)
         config_path = folder / "config.yaml"
         atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
+        atomic_write_text(folder / ARGS, json.dumps(list(extra)) + "\n")
         start = time.perf_counter()
         last = folder / "checkpoints" / "last.ckpt"
         args = ["--config", str(config_path), *extra]
@@ -552,6 +624,7 @@ class Pipeline:
 
     def run(self) -> Path:
         plan = self.plan()
+        check_settings_unchanged(plan, self.out)
         kinds = {stage.folder: stage.kind for stage in plan}
         progress = Progress(kinds, self.jobs, self.threads, self.echo, alone_threads=self.alone_threads)
         results = self._run_all(plan, progress)

@@ -324,3 +324,49 @@ def test_bad_methods_are_one_clear_error(tmp_path, capsys, overrides, message):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("kegnet-pipeline: error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def fake_finished_stages(monkeypatch):
+    """Pipeline.run_stage writing what a finished stage leaves (config.yaml, args.json, result.json), no training."""
+    from kegnet_pl import pipeline as module
+
+    real = module.Pipeline.run_stage
+
+    def fake_stage(self, folder, config, extra, train, threads=None):
+        if (folder / module.RESULT).is_file():
+            return real(self, folder, config, extra, train, threads)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (folder / module.ARGS).write_text(json.dumps(list(extra)))
+        result = {"test/acc": 0.9, "test/teacher_acc": 0.99, "params": 10, "teacher_params": 40}
+        result |= {"compression_ratio": 4, "seconds": 1}
+        (folder / module.RESULT).write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(module.Pipeline, "run_stage", fake_stage)
+    monkeypatch.setattr(module.Pipeline, "_choose", lambda self, plan, rows: rows)
+
+
+def test_a_finished_stage_is_not_reused_under_other_settings(tmp_path, monkeypatch, capsys):
+    fake_finished_stages(monkeypatch)
+    config = str(write_config(tmp_path))
+    teacher = ["--teacher", str(ROOT / "checkpoints/mnist_subset_lenet5.ckpt")]
+    main(["--config", config, *teacher])
+    main(["--config", config, *teacher])  # the same settings: every stage skipped
+    assert capsys.readouterr().out.count("finished before, skipped") == 4
+    for change, named in [
+        (["--teacher", str(ROOT / "checkpoints/mnist_lenet5.ckpt")], "model.init_args.teacher: '"),
+        ([*teacher, "--student_args+=--model.lr=0.5"], "arguments: "),
+        ([*teacher, "--students", "[lenet5-s3]"], "model.init_args.student: 'lenet5-s1' -> 'lenet5-s3'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--config", config, *change])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "was run with other settings than this command gives it" in err and named in err, err
+        assert "Give another --out for a new run, or delete" in err and len(err.strip().splitlines()) == 1
+    copy = tmp_path / "copy"  # an earlier run's generators copied into a new run folder are taken as they are
+    (copy / "seed0").mkdir(parents=True)
+    (tmp_path / "run" / "seed0" / "generator").rename(copy / "seed0" / "generator")
+    main(["--config", config, *teacher, "--out", str(copy)])
+    assert "generator: finished before, skipped" in capsys.readouterr().out
