@@ -25,8 +25,9 @@ stage (:mod:`kegnet_pl.stage`), or with ``--separate_test true`` a ``kegnet fit`
 cores // N torch threads. It prints stage k of n, the time elapsed and an estimate of the time left as stages start
 and finish. Run the same command again after an interruption: finished stages are skipped and an interrupted one
 resumes from its ``last.ckpt``; a stage whose folder was run with other settings (teacher, student, budget,
-arguments) is refused before anything starts, rather than reported under the new settings. SIGTERM (``kill``, ``timeout``, a cluster's scheduler) stops the running stages at
-their next batch and starts no other; the command then exits with status 143 and the same command resumes.
+arguments) is refused before anything starts, rather than reported under the new settings. SIGTERM (``kill``,
+``timeout``, a cluster's scheduler) or Ctrl-C (SIGINT) stops the running stages at their next batch and starts no
+other; the command then exits with status 143 (130) and the same command resumes.
 """
 
 from __future__ import annotations
@@ -366,7 +367,7 @@ class Progress:
 
 
 class Stopped(KegnetError):
-    """The pipeline was sent a signal (SIGTERM) and stopped its stages."""
+    """The pipeline was sent a signal (SIGTERM, SIGINT) and stopped its stages."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
@@ -480,6 +481,10 @@ class Pipeline:
             raise ConfigError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
         if not self.students:
             raise ConfigError("give at least one student (e.g. students: [lenet5-s1])")
+        if not self.seeds:
+            raise ConfigError("give at least one seed (e.g. seeds: [0])")
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"--out {str(self.out)!r} is a file; give a folder for the run (it is made if missing)")
         self.teacher_args = {**self.teacher, "teacher": self._teacher_file()}
 
     def _teacher_file(self) -> str | None:
@@ -508,7 +513,7 @@ class Pipeline:
         ``kegnet_pl.stage``: fit then test, or test, run by a :class:`Worker`), its output appended to the stage's log
         after a ``$`` line that reruns it exactly."""
         command = [sys.executable, "-m", module, *args]
-        shown = " ".join(command) if threads is None else f"OMP_NUM_THREADS={threads} {' '.join(command)}"
+        shown = shlex.join(command) if threads is None else f"OMP_NUM_THREADS={threads} {shlex.join(command)}"
         log = folder / "stage.log"
         with log.open("a") as handle:
             handle.write(f"$ {shown}\n")
@@ -550,14 +555,15 @@ class Pipeline:
         return worker
 
     def _stop(self, signum: int, frame: Any) -> None:
-        """The SIGTERM handler: pass the signal to every stage process (Lightning stops a fit at its next batch) and
+        """The SIGTERM and SIGINT (Ctrl-C) handler: send SIGTERM to every stage process (Lightning stops a fit at its
+        next batch) and
         start no other stage; :meth:`_schedule` then raises :class:`Stopped` (it prints nothing: the main thread may
         be printing)."""
         self._stopped = signum
         with self._lock:
             alive = [process for process in self._processes if process.poll() is None]
-        for process in alive:
-            process.send_signal(signum)
+        for process in alive:  # SIGTERM: Lightning stops at the next batch and the stage keeps its checkpoints
+            process.send_signal(signal.SIGTERM)
 
     @staticmethod
     def action(folder: Path, train: bool) -> str:
@@ -650,6 +656,7 @@ class Pipeline:
         results: dict[Path, dict[str, Any]] = {}
         handles = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
         before = signal.signal(signal.SIGTERM, self._stop) if handles else None
+        before_int = signal.signal(signal.SIGINT, self._stop) if handles else None  # Ctrl-C: the same clean stop
         self._stopped = None
         try:
             if not self.separate_test:  # they start up while the first stages run
@@ -663,6 +670,7 @@ class Pipeline:
             self._workers, self._idle, self._processes = [], queue.SimpleQueue(), set()
             if handles:
                 signal.signal(signal.SIGTERM, before)
+                signal.signal(signal.SIGINT, before_int)
         return results
 
     def _schedule(self, plan: list[Stage], progress: Progress, results: dict[Path, dict[str, Any]]) -> None:
@@ -799,7 +807,8 @@ class Pipeline:
             done.append(row)
         if scores:
             count = sum(len(methods) for methods in scores.values())
-            self.echo(f"{count} students scored without data in {time.perf_counter() - started:.1f} s")
+            students = "student" if count == 1 else "students"
+            self.echo(f"{count} {students} scored without data in {time.perf_counter() - started:.1f} s")
         return done
 
     def _write(self, rows: list[dict[str, Any]], stages: list[dict[str, Any]]) -> Path:

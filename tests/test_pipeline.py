@@ -150,12 +150,14 @@ def start_long_pipeline(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_sigterm_stops_the_running_stage_and_exits_143(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_running_stage_and_exits_128_plus_its_number(tmp_path, signum):
     process, stage, workers = start_long_pipeline(tmp_path)
-    process.send_signal(signal.SIGTERM)  # the pipeline alone, as `kill` or a scheduler sends it
+    process.send_signal(signum)  # the pipeline alone, as `kill`, a scheduler or `timeout -s INT` sends it
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 143, err[-2000:]
-    assert "stopped by SIGTERM" in err and "run the same command again to resume" in err
+    assert process.returncode == 128 + signum, err[-2000:]
+    assert f"stopped by {signum.name}" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err
     assert not any(alive(pid) for pid in workers)
     assert "kegnet: stopped by SIGTERM" in (stage / "stage.log").read_text()  # Lightning stopped it at a batch
     assert not (stage / "result.json").exists() and (stage / "checkpoints" / "last.ckpt").is_file()
@@ -370,3 +372,30 @@ def test_a_finished_stage_is_not_reused_under_other_settings(tmp_path, monkeypat
     (tmp_path / "run" / "seed0" / "generator").rename(copy / "seed0" / "generator")
     main(["--config", config, *teacher, "--out", str(copy)])
     assert "generator: finished before, skipped" in capsys.readouterr().out
+
+
+def test_the_command_a_stage_log_starts_with_pastes_into_a_shell(tmp_path):
+    """Arguments with spaces (``--model.strokes={background: -0.4, ink: 2.8}``) are quoted in the ``$`` line."""
+    import shlex
+    import threading
+
+    pipeline = Pipeline.__new__(Pipeline)  # only what running one command needs
+    pipeline._lock, pipeline._processes = threading.Lock(), set()
+    argument = "--model.strokes={background: -0.4242, ink: 2.8215}"
+    pipeline._kegnet(tmp_path, "this", ["fit", argument], threads=1)  # `python -m this` ignores its arguments
+    (line,) = [text for text in (tmp_path / "stage.log").read_text().splitlines() if text.startswith("$ ")]
+    assert shlex.split(line[2:]) == ["OMP_NUM_THREADS=1", sys.executable, "-m", "this", "fit", argument]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"seeds": []}, "give at least one seed (e.g. seeds: [0])"), ({"out": "FILE"}, "is a file; give a folder")],
+)
+def test_no_seeds_or_an_out_that_is_a_file_is_one_clear_error(tmp_path, capsys, overrides, message):
+    (tmp_path / "taken.pt").write_bytes(b"x")
+    overrides = {key: str(tmp_path / "taken.pt") if value == "FILE" else value for key, value in overrides.items()}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(write_config(tmp_path, **overrides))])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
