@@ -1244,11 +1244,22 @@ def main(args: list[str] | None = None) -> None:
         print(f"kegnet-pipeline: {err}", file=sys.stderr)
         sys.exit(128 + err.signum)
     except KegnetError as err:
-        print(f"kegnet-pipeline: error: {err}", file=sys.stderr)
+        print(f"kegnet-pipeline: error: {pipeline_flags(str(err))}", file=sys.stderr)
         sys.exit(2)
     command = shlex.join(["kegnet-pipeline", *(sys.argv[1:] if args is None else args)])
     print("\n".join(where(results, command)))
     print(f"results: {results}")
+
+
+#: the ``kegnet`` options that describe a teacher file, and the pipeline's own names for them
+TEACHER_OPTIONS = {f"--model.init_args.{name}": f"--{name}" for name in ("teacher_arch", "input_shape", "num_classes")}
+
+
+def pipeline_flags(message: str) -> str:
+    """A stage's message with the teacher options it suggests in ``kegnet``'s spelling put in the pipeline's."""
+    for option, ours in TEACHER_OPTIONS.items():
+        message = message.replace(option, ours)
+    return message
 
 
 def where(results: Path, command: str) -> list[str]:

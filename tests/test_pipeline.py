@@ -399,3 +399,10 @@ def test_no_seeds_or_an_out_that_is_a_file_is_one_clear_error(tmp_path, capsys, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_teacher_options_in_a_stages_message_are_named_as_the_pipeline_takes_them():
+    from kegnet_pl.pipeline import pipeline_flags
+
+    message = "give them, for example --model.init_args.teacher_arch lenet5 --model.init_args.input_shape '[1,32,32]'"
+    assert pipeline_flags(message) == "give them, for example --teacher_arch lenet5 --input_shape '[1,32,32]'"

@@ -31,7 +31,7 @@ from kegnet_pl.nets import Frozen, build_classifier_from_spec
 #: what a teacher file that does not record its architecture needs, as options of the ``kegnet`` command
 TEACHER_FLAGS = {
     "arch": "--model.init_args.teacher_arch lenet5",
-    "input_shape": "--model.init_args.input_shape [1,32,32]",
+    "input_shape": "--model.init_args.input_shape '[1,32,32]'",
     "num_classes": "--model.init_args.num_classes 10",
 }
 
