@@ -71,3 +71,11 @@ def test_image_classifier_refuses_wrong_input_shape():
         build_classifier("lenet5", (1, 28, 28), 10)
     with pytest.raises(ConfigError, match="MLP takes flat feature vectors"):
         build_classifier("mlp", (1, 8, 8), 10)
+
+
+def test_a_class_in_a_file_of_the_working_folder_is_an_error_that_says_how_to_import_it(tmp_path, monkeypatch):
+    (tmp_path / "my_nets_here.py").write_text("from torch import nn\nclass Net(nn.Module):\n    pass\n")
+    monkeypatch.chdir(tmp_path)  # the console scripts do not import from the working folder
+    trust_arch("my_nets_here:Net")
+    with pytest.raises(ConfigError, match=r"its file is in this folder, .* PYTHONPATH=\. kegnet"):
+        build_classifier("my_nets_here:Net", (1, 32, 32), 10)

@@ -145,3 +145,13 @@ def test_missing_data_says_where_to_put_the_files(tmp_path, module, expected):
 def test_bad_batch_size():
     with pytest.raises(ConfigError, match="MNISTSubsetDataModule: batch_size must be positive, got 0"):
         MNISTSubsetDataModule(batch_size=0)
+
+
+def test_a_truncated_mnist_file_is_one_error_that_says_how_to_replace_it(tmp_path):
+    write_idx_mnist(tmp_path / "MNIST" / "raw")
+    labels = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-5])  # cut short, as an interrupted copy leaves it
+    with pytest.raises(
+        DataNotFoundError, match=r"MNIST's files in '.*' could not be read .*truncated or corrupt.*make data"
+    ):
+        MNISTDataModule(root=str(tmp_path), batch_size=4).setup()

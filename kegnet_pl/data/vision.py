@@ -98,12 +98,19 @@ class TorchvisionDataModule(ClassificationDataModule):
     def _open(self, train: bool, transform):
         try:
             return self._dataset(train, transform)
-        except RuntimeError as err:
-            if "download=True" not in str(err):
-                raise
+        except (RuntimeError, ValueError, EOFError) as err:
+            name, root = self.dataset_class.__name__, str(Path(self.root).resolve())
+            if "download=True" not in str(err):  # the files are there but do not read: cut short or corrupt
+                reason = " ".join(str(err).split())[:200]
+                fixes = ["replace them (full MNIST: make data, which checks every file and fetches a bad one again)"]
+                raise DataNotFoundError(
+                    f"{name}'s files in {root!r} could not be read ({type(err).__name__}: {reason}); one is truncated "
+                    "or corrupt",
+                    [*fixes, "set {options}download true"],
+                ) from err
             files = ", ".join(str(Path(self.root) / name) for name in self.expected_files)
             raise DataNotFoundError(
-                f"{self.dataset_class.__name__} is not in {str(Path(self.root).resolve())!r}: expected {files}",
+                f"{name} is not in {root!r}: expected {files}",
                 ["put the files there", "point {options}root DIR at them", "set {options}download true"],
             ) from err
 

@@ -22,6 +22,7 @@ import inspect
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,8 +44,8 @@ MAX_KWARG_LIST = 64
 MAX_PARAMETERS = 1 << 30
 
 HOW_TO_TRUST = (
-    "if you trust that code, name it yourself: kegnet --trust_arch {path} (or teacher_arch/arch in your config), "
-    "kegnet-compress --arch {path}, the environment variable KEGNET_TRUST_ARCH={path}, or "
+    "if you trust that code, name it yourself: kegnet fit --trust_arch {path} ... (or teacher_arch/arch in your "
+    "config), kegnet-compress --arch {path}, the environment variable KEGNET_TRUST_ARCH={path}, or "
     "kegnet_pl.nets.trust_arch({path!r}) in Python"
 )
 
@@ -104,8 +105,13 @@ def _import_constructor(path: str) -> Callable[..., nn.Module]:
         module = importlib.import_module(module_name)
         constructor = getattr(module, attr)
     except (ImportError, AttributeError, ValueError) as err:
+        hint = ""
+        if isinstance(err, ModuleNotFoundError) and Path(module_name.split(".")[0] + ".py").is_file():
+            hint = (
+                " (its file is in this folder, which the kegnet commands do not import from: PYTHONPATH=. kegnet ...)"
+            )
         raise ConfigError(
-            f"cannot import the classifier {path!r} ({err}); give a registered name "
+            f"cannot import the classifier {path!r} ({err}){hint}; give a registered name "
             f"({', '.join(classifier_names())}) or an importable 'package.module:ClassName'"
         ) from err
     if not (isinstance(constructor, type) and issubclass(constructor, nn.Module)):
