@@ -376,7 +376,7 @@ def main(args: list[str] | None = None) -> None:
     except SIGTERMException:
         print(
             "kegnet: stopped by SIGTERM; the checkpoints saved so far are kept (rerun with --ckpt_path last to resume "
-            "from the last one)",
+            "from the last one, or without it if none was saved yet)",
             file=sys.stderr,
         )
         sys.exit(128 + 15)

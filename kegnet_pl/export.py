@@ -180,6 +180,12 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
             "installed; pip install 'kegnet-pl[export]'"
         )
     out = Path(out) if out is not None else Path(checkpoint).with_suffix(f".{fmt}")
+    other = out.suffix.lower().lstrip(".")
+    if other in FORMATS and other != fmt:  # a serving stack reads the file by its suffix
+        raise ConfigError(
+            f"--out {str(out)!r} names a .{other} file, but --format is {fmt}; give --format {other}, or an --out "
+            f"ending in .{fmt}"
+        )
     if out.exists() and not force:
         raise ConfigError(f"{str(out)!r} exists; choose another --out, or give --force to replace it")
     if out.is_dir():

@@ -149,9 +149,22 @@ class RunRecord(Callback):
         if logger is not None and isinstance(logger.version, int):
             checkpoint[RUN_KEY] = {"root_dir": str(Path(logger.root_dir).resolve()), "version": logger.version}
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.trained = False
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.trained = True  # the fit loop skips training altogether when the resumed run had already finished
+
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero:
             print(fit_summary(trainer, self.args, self.resumes_last), flush=True)
+            if not getattr(self, "trained", True) and trainer.ckpt_path is not None:
+                print(
+                    f"  nothing trained: {shown(trainer.ckpt_path)} had already reached the run's end "
+                    f"({trainer.current_epoch} epochs, {trainer.global_step} steps); raise --trainer.max_epochs "
+                    "(or --trainer.max_steps) to train on from it",
+                    flush=True,
+                )
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if trainer.is_global_zero and trainer.state.fn == "fit" and isinstance(exception, KeyboardInterrupt):

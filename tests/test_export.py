@@ -58,6 +58,16 @@ def test_an_existing_file_is_kept_unless_forced(tmp_path, tiny_checkpoints, caps
     assert sorted(path.name for path in tmp_path.iterdir()) == ["student.pt2"]  # no temporary file left
 
 
+def test_an_out_named_for_the_other_format_is_refused(tmp_path, tiny_checkpoints, capsys):
+    out = tmp_path / "student.onnx"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(tiny_checkpoints["student"]), "--format", "pt2", "--out", str(out)])
+    message = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message.count("\n") == 1
+    assert "names a .onnx file, but --format is pt2; give --format onnx, or an --out ending in .pt2" in message
+    assert not out.exists()
+
+
 def test_a_generator_checkpoint_holds_no_student(tmp_path, tiny_checkpoints, capsys):
     out = tmp_path / "student.onnx"
     with pytest.raises(SystemExit) as exit_info:

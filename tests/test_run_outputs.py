@@ -48,6 +48,13 @@ def test_fit_ends_with_its_outputs_and_the_commands_that_resume_and_test_it(tmp_
     assert [path.name for path in (tmp_path / "tb").iterdir()] == ["version_0"]
     main([*shlex.split(entries["resume"])[1:], "--trainer.max_epochs", "2"])
     assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert "nothing trained" not in capsys.readouterr().out
+
+    # resumed once more at the same budget: nothing to train, and the summary says what to raise
+    main([*shlex.split(entries["resume"])[1:], "--trainer.max_epochs", "2"])
+    out = capsys.readouterr().out
+    assert "  nothing trained: " in out and "had already reached the run's end (2 epochs, 6 steps)" in out
+    assert "raise --trainer.max_epochs" in out
 
 
 class CtrlC(Callback):
