@@ -6,6 +6,7 @@ not need to know where checkpoints or logs live.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -127,6 +128,25 @@ class SampleImages(Callback):
             return Path(trainer.logger.log_dir)
         return None
 
+    @staticmethod
+    def _paths(folder: Path, count: int, resumed: str | None) -> list[Path]:
+        """The PNG files of ``count`` grids: ``samples_gen<g>.png`` and :data:`ALL_GENERATORS`, or, for a new run in
+        a folder that holds another run's images (``kegnet fit --overwrite``), the first ``-v<N>`` names free (as
+        Lightning names that run's checkpoints), so that no earlier image is replaced. A run resumed from
+        ``resumed`` rewrites its own: the names of the checkpoint's version (``last-v1.ckpt``: ``-v1``)."""
+        names = [f"samples_gen{g}" for g in range(count)] + [Path(ALL_GENERATORS).stem]
+
+        def paths(version: int) -> list[Path]:
+            return [folder / f"{name}{f'-v{version}' if version else ''}.png" for name in names]
+
+        if resumed is not None:
+            found = re.search(r"-v(\d+)$", Path(resumed).stem)
+            return paths(int(found.group(1)) if found else 0)
+        version = 0
+        while any(path.exists() for path in paths(version)):
+            version += 1
+        return paths(version)
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         every = self.every_n_epochs
         if trainer.is_global_zero and every and (trainer.current_epoch + 1) % every == 0:
@@ -144,7 +164,7 @@ class SampleImages(Callback):
             return
         from torchvision.utils import save_image
 
-        self.written = [folder / f"samples_gen{g}.png" for g in range(len(grids))] + [folder / ALL_GENERATORS]
+        self.written = self._paths(folder, len(grids), resumed=trainer.ckpt_path)
         for path, grid in zip(self.written, [*grids, self.side_by_side(grids)], strict=True):
             with atomic_write(path, "wb") as handle:
                 save_image(grid, handle, format="png")

@@ -71,6 +71,21 @@ def test_fit_writes_checkpoint_tensorboard_scalars_images_and_png(tmp_path, caps
     assert (blocks[0][:CAPTION] != blocks[1][:CAPTION]).any()  # "gen 0", "gen 1"
 
 
+def test_a_new_run_with_overwrite_keeps_the_earlier_runs_images(tmp_path, capsys):
+    main(["fit", "--config", str(generator_config(tmp_path)), IMAGES, "--trainer.max_epochs", "1"])
+    first = {path.name: path.read_bytes() for path in (tmp_path / "ckpt").glob("*.png")}
+    assert sorted(first) == ["samples_gen-all.png", "samples_gen0.png", "samples_gen1.png"]
+    main(
+        ["fit", "--config", str(generator_config(tmp_path)), IMAGES, "--overwrite", "true", "--trainer.max_epochs", "1"]
+    )
+    assert {name: (tmp_path / "ckpt" / name).read_bytes() for name in first} == first  # nothing replaced
+    assert "(samples_gen-all-v1.png, samples_gen0-v1.png, samples_gen1-v1.png)" in capsys.readouterr().out
+    resume = ["--ckpt_path", str(tmp_path / "ckpt" / "last-v1.ckpt")]  # the second run goes on under its own names
+    main(["fit", "--config", str(generator_config(tmp_path)), IMAGES, "--overwrite", "true", *resume])
+    assert not list((tmp_path / "ckpt").glob("*-v2.png"))
+    assert {name: (tmp_path / "ckpt" / name).read_bytes() for name in first} == first
+
+
 def test_teacher_unchanged_frozen_and_in_chosen_mode(tmp_path):
     teacher_file = save_classifier(ResNet14((1, 32, 32)), tmp_path / "resnet.ckpt", "resnet14")
     for mode in ("eval", "train"):
