@@ -263,6 +263,7 @@ def test_pattern_skips_grouped_conv_but_name_refuses_it() -> None:
         ({"conv3": {"big": 3}}, r"mode-size keys must be positive integers"),
         ({}, r"spec is empty"),
         ("lenet5-s9", r"unknown compression preset 'lenet5-s9'"),
+        ("resnet14-s1", r"preset 'resnet14-s1' is for resnet14 networks \(resnet14-s1, .*\), not for LeNet5"),
     ],
 )
 def test_spec_errors(spec: object, message: str) -> None:

@@ -374,7 +374,17 @@ def compress_with_report(
         original layer's training mode and ``requires_grad``.
     """
     rules = _parse_spec(spec)
-    selected = _select(model, rules)
+    try:
+        selected = _select(model, rules)
+    except ConfigError as err:
+        if isinstance(spec, str) and spec in PRESETS:  # a preset of another family of networks
+            family = spec.split("-")[0]
+            ours = [name for name in PRESETS if name.startswith(family + "-")]
+            raise ConfigError(
+                f"{err}. The preset {spec!r} is for {family} networks ({', '.join(ours)}), not for "
+                f"{type(model).__name__}; give a preset of its family or a spec of its own layers"
+            ) from err
+        raise
     compressible = _compressible_layers(model)
     overrides = _check_evbmf_ranks(evbmf_ranks, compressible)
     plans = []
