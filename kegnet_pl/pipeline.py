@@ -227,6 +227,38 @@ def check_settings_unchanged(plan: Sequence[Stage], out: Path) -> None:
             )
 
 
+def check_stage_arguments(plan: Sequence[Stage], out: Path) -> None:
+    """Parse the config and arguments of each kind of stage still to run as its ``kegnet fit`` will (nothing is built
+    or run: ``--print_config``), so that a misspelt or ill-typed option (``--student_args+=--model.lrr=0.1``) fails
+    now, in a line, rather than once the generators have trained."""
+    import contextlib
+    import io
+    import tempfile
+
+    from kegnet_pl.cli import main as kegnet
+
+    seen: set[tuple[Any, ...]] = set()
+    with tempfile.TemporaryDirectory() as folder:
+        for stage in plan:
+            kind = (stage.config.get("model", {}).get("class_path"), tuple(stage.extra))
+            if not stage.train or kind in seen or (stage.folder / RESULT).is_file():
+                continue
+            seen.add(kind)
+            path = Path(folder) / f"{len(seen)}.yaml"
+            path.write_text(yaml.safe_dump(stage.config, sort_keys=False))
+            said = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(said):
+                    kegnet(["fit", "--config", str(path), *stage.extra, "--print_config"])
+            except SystemExit as exit_info:
+                if exit_info.code in (0, None):
+                    continue
+                lines = [line for line in said.getvalue().splitlines() if line.strip()]
+                why = lines[-1].removeprefix("kegnet: error: ") if lines else f"exit status {exit_info.code}"
+                name = stage.folder.relative_to(out) if stage.folder.is_relative_to(out) else stage.folder
+                raise ConfigError(f"{name} would not start: {why}") from None
+
+
 def check_methods(
     methods: Sequence[str], method_configs: dict[str, str], method_args: dict[str, Sequence[str]]
 ) -> None:
@@ -631,6 +663,7 @@ class Pipeline:
     def run(self) -> Path:
         plan = self.plan()
         check_settings_unchanged(plan, self.out)
+        check_stage_arguments(plan, self.out)
         kinds = {stage.folder: stage.kind for stage in plan}
         progress = Progress(kinds, self.jobs, self.threads, self.echo, alone_threads=self.alone_threads)
         results = self._run_all(plan, progress)

@@ -406,3 +406,15 @@ def test_teacher_options_in_a_stages_message_are_named_as_the_pipeline_takes_the
 
     message = "give them, for example --model.init_args.teacher_arch lenet5 --model.init_args.input_shape '[1,32,32]'"
     assert pipeline_flags(message) == "give them, for example --teacher_arch lenet5 --input_shape '[1,32,32]'"
+
+
+def test_a_misspelt_stage_option_fails_before_any_stage_runs(tmp_path, monkeypatch, capsys):
+    ran = []
+    monkeypatch.setattr(Pipeline, "run_stage", lambda self, folder, *args, **kwargs: ran.append(folder))
+    config = str(write_config(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", config, "--student_args+=--model.lrr=0.1"])
+    assert exit_info.value.code == 2 and not ran
+    err = capsys.readouterr().err
+    assert err.startswith("kegnet-pipeline: error: seed0/student1-kegnet would not start: StudentModule has no option")
+    assert "--model.init_args.lrr" in err and len(err.strip().splitlines()) == 1
