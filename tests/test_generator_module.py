@@ -102,6 +102,25 @@ def test_teacher_unchanged_frozen_and_in_chosen_mode(tmp_path):
         assert not any(p.requires_grad for p in model.teacher.parameters())
 
 
+def test_the_teachers_real_accuracy_uses_its_running_statistics_whatever_the_extraction_mode(tmp_path):
+    """With teacher_batchnorm: train the generators see a teacher that normalises by batch statistics; its accuracy
+    on real images (test/teacher_acc) is still that of the teacher as trained: eval mode."""
+    net = ResNet14((1, 32, 32)).eval()
+    for module in net.modules():  # running statistics far from any batch's, so that the two modes disagree
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.fill_(3.0)
+    teacher_file = save_classifier(net, tmp_path / "resnet.ckpt", "resnet14")
+    model = GeneratorModule(teacher=str(teacher_file), n_generators=1, teacher_batchnorm="train")
+    x = torch.randn(16, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = net(x).argmax(1)  # labels the eval-mode teacher gets all right
+        assert (model.teacher(x).argmax(1) != y).any()  # the extraction's mode does not
+    model.log = lambda *args, **kwargs: None
+    model.test_step((x, y), 0)
+    assert model.test_metrics["real"].compute() == 1.0
+    assert model.teacher.net.norm1.training  # the extraction's mode again
+
+
 def test_optimizer_holds_generators_and_decoders_only():
     model = GeneratorModule(teacher=TEACHER, n_generators=2)
     (group,) = model.configure_optimizers().param_groups

@@ -231,7 +231,8 @@ class GeneratorModule(TeacherStage):
             return
         x, y = batch
         metric = self.test_metrics["real"]
-        metric(self.teacher(x), y)
+        with self.teacher.evaluating():  # its own accuracy: running statistics even with teacher_batchnorm: train
+            metric(self.teacher(x), y)
         self.log("test/teacher_acc", metric, add_dataloader_idx=False, batch_size=len(x))
 
     def summary(self) -> dict[str, float]:

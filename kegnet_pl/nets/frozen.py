@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -33,3 +36,13 @@ class Frozen(nn.Module):
 
     def forward(self, *args: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.net(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """The network in eval mode inside (running BatchNorm statistics, no dropout), its fixed mode again after:
+        the teacher's own accuracy on real data, whichever mode the extraction runs it in."""
+        self.net.eval()
+        try:
+            yield
+        finally:
+            self.net.train(self.batchnorm_train)
