@@ -93,3 +93,33 @@ def test_the_two_rank_check_refuses_an_existing_folder_and_an_odd_batch_count(tm
         script.main(["--accelerator", "cpu", "--out", str(tmp_path / "new"), "--batches", "7"])
     assert exit_info.value.code == 2 and "give an even number" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+class RecordDraws(Callback):
+    """Saves, per rank, what torch's global random state (dropout's) draws at the first step of each epoch."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            draws = torch.rand(4)
+            torch.save(draws, f"{self.folder}/draws_rank{trainer.global_rank}_epoch{trainer.current_epoch}.pt")
+
+
+def test_each_rank_draws_dropout_from_a_stream_of_its_own(tmp_path):
+    rows = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
+    (tmp_path / "rows.csv").write_text(
+        "".join(",".join(f"{v:.4f}" for v in r) + f",{i % 3}\n" for i, r in enumerate(rows.tolist()))
+    )
+    model = {
+        "class_path": "TeacherModule",
+        "init_args": {"arch": "mlp", "input_shape": [6], "num_classes": 3, "arch_kwargs": {"dropout": 0.3}},
+    }
+    data = {"class_path": "CSVDataModule", "init_args": {"path": str(tmp_path / "rows.csv"), "batch_size": 8}}
+    config = tiny_config(tmp_path, "teacher", model, data, **{"trainer.max_epochs": 2})
+    record = f'--trainer.callbacks+={{"class_path": "test_ddp.RecordDraws", "init_args": {{"folder": "{tmp_path}"}}}}'
+    main(["fit", "--config", str(config), "--config", DDP, record])
+    draws = {(r, e): torch.load(tmp_path / f"draws_rank{r}_epoch{e}.pt") for r in (0, 1) for e in (0, 1)}
+    assert not torch.equal(draws[0, 0], draws[1, 0]) and not torch.equal(draws[0, 1], draws[1, 1])
+    assert not torch.equal(draws[0, 0], draws[0, 1])  # and a new stretch of it every epoch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -87,8 +88,9 @@ class ResumableRandomness:
     the module runs on), and a run resumed from a checkpoint takes it up as its first epoch starts, so that what
     draws from it (dropout) goes on as in a run never interrupted. (The data have random streams of their own.)
     Subclasses that override ``on_save_checkpoint``, ``on_load_checkpoint`` or ``on_train_epoch_start`` call
-    ``super()``. Under DDP the checkpoint holds rank 0's state, which every rank takes up; every rank starts from the
-    same seed anyway."""
+    ``super()``. Under DDP every rank would start from the same seed and draw the same dropout masks: there each
+    epoch instead seeds each rank's state from the run's seed, the epoch and the rank, which a resumed run repeats
+    without the checkpoint's state (rank 0's alone)."""
 
     _saved_random_state: dict[str, Any] | None = None
 
@@ -104,7 +106,14 @@ class ResumableRandomness:
 
     def on_train_epoch_start(self) -> None:
         state, self._saved_random_state = self._saved_random_state, None
-        if state is None or self.trainer.ckpt_path is None:  # loaded, not resumed: the run's own seed stands
+        trainer = self.trainer
+        if trainer.world_size > 1:  # each rank a stream of its own, from (seed, epoch, rank)
+            from kegnet_pl.data.noise import derive_seed
+
+            base = os.environ.get("PL_GLOBAL_SEED", "0")
+            torch.manual_seed(derive_seed("global", base, trainer.current_epoch, trainer.global_rank))
+            return
+        if state is None or trainer.ckpt_path is None:  # loaded, not resumed: the run's own seed stands
             return
         cpu, cuda = state.get("cpu"), state.get("cuda")
         if isinstance(cpu, torch.Tensor) and cpu.dtype == torch.uint8:
