@@ -664,6 +664,7 @@ class Pipeline:
         plan = self.plan()
         check_settings_unchanged(plan, self.out)
         check_stage_arguments(plan, self.out)
+        self._check_students_fit_teacher()
         kinds = {stage.folder: stage.kind for stage in plan}
         progress = Progress(kinds, self.jobs, self.threads, self.echo, alone_threads=self.alone_threads)
         results = self._run_all(plan, progress)
@@ -860,6 +861,33 @@ class Pipeline:
             return self.teacher[key]
         given = arg_value(self.generator_args, f"model.{key}")
         return given if given is not None else self.generator_base["model"].get("init_args", {}).get(key)
+
+    def _check_students_fit_teacher(self) -> None:
+        """Build the teacher and every student preset from it now (seconds), so that a teacher the config's students
+        do not fit (an MLP given to the LeNet5 presets) is one line before the generators train, not after."""
+        from kegnet_pl import payoff
+        from kegnet_pl.loading import load_classifier_and_spec
+        from kegnet_pl.nets import trust_arch
+
+        teacher = self.teacher_args["teacher"]
+        if teacher is None:
+            return
+        options = {key: self._teacher_option(key) for key in ("input_shape", "num_classes")}
+        arch = self._teacher_option("teacher_arch")
+        try:
+            if arch is not None:
+                trust_arch(arch)
+            net, spec = load_classifier_and_spec(teacher, arch, **options)
+        except KegnetError:  # the generator stage says what is wrong with the file, in the options it takes
+            return
+        for name in dict.fromkeys(self.students):
+            try:
+                payoff.build_student(name, net, spec)
+            except KegnetError as err:
+                raise ConfigError(
+                    f"student {name!r} cannot be built from the teacher {teacher!r} ({spec['arch']}, input shape "
+                    f"{list(spec['input_shape'])}): {err}"
+                ) from err
 
     def _payoff(self) -> dict[str, dict[str, Any]] | None:
         """Parameters, FLOPs and CPU latency of the teacher and of each student preset (:mod:`kegnet_pl.payoff`),

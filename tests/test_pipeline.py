@@ -418,3 +418,14 @@ def test_a_misspelt_stage_option_fails_before_any_stage_runs(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert err.startswith("kegnet-pipeline: error: seed0/student1-kegnet would not start: StudentModule has no option")
     assert "--model.init_args.lrr" in err and len(err.strip().splitlines()) == 1
+
+
+def test_students_that_do_not_fit_the_teacher_fail_before_any_stage_runs(tmp_path, monkeypatch, capsys):
+    ran = []
+    monkeypatch.setattr(Pipeline, "run_stage", lambda self, folder, *args, **kwargs: ran.append(folder))
+    with pytest.raises(SystemExit) as exit_info:  # a tabular teacher given to LeNet5 presets
+        main(["--config", str(write_config(tmp_path)), "--teacher", str(ROOT / "checkpoints/digits_mlp.ckpt")])
+    assert exit_info.value.code == 2 and not ran
+    err = capsys.readouterr().err
+    assert "student 'lenet5-s1' cannot be built from the teacher" in err and "(mlp, input shape [64])" in err
+    assert "The preset 'lenet5-s1' is for lenet5 networks" in err and len(err.strip().splitlines()) == 1
