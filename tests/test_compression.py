@@ -367,10 +367,17 @@ def test_cli_preset_and_yaml_spec_with_random_init(capsys) -> None:
     assert capsys.readouterr().out.strip().splitlines()[-1] == "params_before=61706 params_after=13728 ratio=4.49"
 
 
+def test_cli_takes_the_other_commands_spelling_and_list_form_of_the_shape(capsys) -> None:
+    other = ["--random_init", "--arch", "lenet5", "--input_shape", "[1,32,32]", "--num_classes", "10"]
+    assert main([*other, "--preset", "lenet5-paper-s3"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "params_before=61706 params_after=13728 ratio=4.49"
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--random-init", "--spec", '{"conv9": 3}'], "'conv9' names no layer"),
+        (["--random-init", "--arch", "lenet5", "--input-shape", "1", "x", "--spec", "{}"], "--input-shape takes sizes"),
         (["--random-init", "--spec", "[1, 2]"], "--spec must map layer names"),
         (["missing.pth", "--preset", "lenet5-s1"], "checkpoint file 'missing.pth' does not exist"),
         (["--preset", "lenet5-s1"], "give either TEACHER_FILE or --random-init"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -98,12 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--input-shape",
-        type=int,
+        "--input_shape",  # the spelling of the kegnet and kegnet-pipeline commands
         nargs="+",
         metavar="SIZE",
-        help="input shape without the batch, e.g. 1 32 32 (not needed for a kegnet_pl checkpoint)",
+        help="input shape without the batch, e.g. 1 32 32 or '[1,32,32]' (not needed for a kegnet_pl checkpoint)",
     )
-    parser.add_argument("--num-classes", type=int, help="number of classes (not needed for a kegnet_pl checkpoint)")
+    parser.add_argument(
+        "--num-classes", "--num_classes", type=int, help="number of classes (not needed for a kegnet_pl checkpoint)"
+    )
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--preset", choices=list(PRESETS), help="one of the paper's students")
     which.add_argument(
@@ -111,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
         help='JSON or YAML mapping from layer names or glob patterns to rank rules (8, [8, 5], 0.5, "evbmf", '
         '"full", {100: 5}), or a file that holds one',
     )
-    parser.add_argument("--random-init", action="store_true", help="no teacher file: size a randomly initialised one")
+    parser.add_argument(
+        "--random-init", "--random_init", action="store_true", help="no teacher file: size a randomly initialised one"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default: 0)")
     return parser
 
@@ -120,6 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``kegnet-compress`` with ``argv`` (default: the command line); return 0 or exit with status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.input_shape is not None:  # 1 32 32, or the list form of the other commands: [1,32,32]
+        text = " ".join(args.input_shape)
+        if not re.fullmatch(r"[\[\]\s,0-9]+", text) or not re.search(r"[0-9]", text):
+            parser.error(f"--input-shape takes sizes, e.g. 1 32 32 or '[1,32,32]', got {text!r}")
+        args.input_shape = [int(size) for size in re.findall(r"[0-9]+", text)]
     if (args.teacher is None) == (not args.random_init):
         parser.error("give either TEACHER_FILE or --random-init" + (", not both" if args.random_init else ""))
     try:
