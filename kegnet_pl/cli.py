@@ -90,6 +90,12 @@ class KegnetCLI(LightningCLI):
     #: the TensorBoard run that wrote the ``--ckpt_path`` file, if it records one
     fit_run: tuple[Path, int] | None = None
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands but ``predict``: no kegnet_pl DataModule has data to predict on (see
+        :data:`NO_PREDICT`)."""
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
             "--overwrite",
@@ -141,8 +147,8 @@ class KegnetCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Read the ``--ckpt_path`` file through :func:`kegnet_pl.loading.read_checkpoint` first (it cannot name
-        untrusted code or a class to import), with ``last`` found in the config's checkpoint folder. ``test``,
-        ``validate`` and ``predict`` then rebuild the model's networks from the file's own hyper-parameters
+        untrusted code or a class to import), with ``last`` found in the config's checkpoint folder. ``test``
+        and ``validate`` then rebuild the model's networks from the file's own hyper-parameters
         (:meth:`~kegnet_pl.loading.CheckedLoading.init_args_from_checkpoint`), whatever the config's preset says;
         ``fit`` merges them as Lightning does."""
         subcommand = self.config.get("subcommand")
@@ -205,8 +211,6 @@ class KegnetCLI(LightningCLI):
         config = self.config_init[self.subcommand]
         if config.get("weights_only") is None and "weights_only" in config:
             config["weights_only"] = True
-
-    before_predict = _load_weights_only
 
     def _log_into_fit_run(self) -> None:
         """With ``--ckpt_path``, ``test`` and ``validate`` log into the TensorBoard run that wrote the checkpoint
@@ -331,8 +335,14 @@ def resumes_last(config: Any) -> Path | None:
         return None
 
 
+#: what ``kegnet predict`` answers
+NO_PREDICT = (
+    "predict is not a kegnet subcommand: score a student with kegnet test --ckpt_path FILE (on real test data, if "
+    "you have it), and hand it to a serving stack with kegnet export FILE --format onnx|pt2, which runs it on yours"
+)
+
 DESCRIPTION = (
-    "Train and test KegNet's stages (fit, validate, test, predict: a LightningCLI). Also: kegnet export CHECKPOINT "
+    "Train and test KegNet's stages (fit, validate, test: a LightningCLI). Also: kegnet export CHECKPOINT "
     "--format onnx|pt2 --out FILE writes a student alone (see kegnet export --help); kegnet choose CHECKPOINT... "
     "names the student of one teacher to ship, without data (see kegnet choose --help)."
 )
@@ -361,6 +371,9 @@ def main(args: list[str] | None = None) -> None:
     if words[:1] == ["export"]:  # not a Trainer method: its own parser (kegnet_pl.export)
         export_main(words[1:])
         return
+    if words[:1] == ["predict"]:
+        print(f"kegnet: error: {NO_PREDICT}", file=sys.stderr)
+        sys.exit(2)
     if words[:1] == ["choose"]:  # nor this one (kegnet_pl.selection)
         from kegnet_pl.selection import main as choose_main
 

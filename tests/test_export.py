@@ -121,3 +121,16 @@ def test_kegnet_help_names_the_export_subcommand(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0 and "kegnet export CHECKPOINT" in " ".join(capsys.readouterr().out.split())
+
+
+def test_predict_is_one_line_that_points_at_test_and_export(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--config", "student.yaml", "--ckpt_path", "last"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "predict is not a kegnet subcommand" in err and "kegnet test" in err and "kegnet export" in err
+    assert list(tmp_path.iterdir()) == []  # no empty TensorBoard folder left behind
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "{fit,validate,test}" in capsys.readouterr().out
