@@ -142,6 +142,17 @@ def test_missing_data_says_where_to_put_the_files(tmp_path, module, expected):
         module(root=str(tmp_path / "empty")).setup()
 
 
+def test_a_download_without_network_is_one_error_that_says_what_to_do(tmp_path, monkeypatch):
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(SVHNDataModule, "dataset_class", offline)
+    with pytest.raises(DataNotFoundError, match=r"could not download .* \(URLError: .*Name or service not known"):
+        SVHNDataModule(root=str(tmp_path), download=True).prepare_data()
+
+
 def test_bad_batch_size():
     with pytest.raises(ConfigError, match="MNISTSubsetDataModule: batch_size must be positive, got 0"):
         MNISTSubsetDataModule(batch_size=0)

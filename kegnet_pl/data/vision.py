@@ -117,7 +117,20 @@ class TorchvisionDataModule(ClassificationDataModule):
     def prepare_data(self) -> None:
         if self.download:
             for train in (True, False):
-                self._dataset(train, None, download=True)
+                try:
+                    self._dataset(train, None, download=True)
+                except (RuntimeError, OSError) as err:  # urllib's errors are OSErrors; torchvision wraps some
+                    name, root = self.dataset_class.__name__, str(Path(self.root).resolve())
+                    reason = " ".join(str(err).split())[:200]
+                    files = ", ".join(self.expected_files)
+                    raise DataNotFoundError(
+                        f"could not download {name} into {root!r} ({type(err).__name__}: {reason}); is the network "
+                        f"reachable? Without it, put its files ({files}) there yourself",
+                        [
+                            "point {options}root DIR at a copy of them",
+                            "set {options}download false once they are there",
+                        ],
+                    ) from err
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
