@@ -49,7 +49,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     path = Path(path)
     if not path.is_file():
         hint = " (it is a directory)" if path.is_dir() else ""
-        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist{hint}; check the path")
+        todo = "check the path"
+        if not path.is_dir() and path.parent.name == "checkpoints":  # another stage's output, not yet written
+            todo += " (a stage's checkpoint: run that stage first, as the config's comments say, or give a file)"
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist{hint}; {todo}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint file {str(path)!r} is empty (0 bytes); the file was not written completely")
     try:
