@@ -304,6 +304,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "of one teacher only"
                 )
         probes, scores = score_students(loaded, args.seed, args.generators)
+        if args.generators is not None:  # a readable generator checkpoint (score_students checked): whose teacher?
+            from kegnet_pl.modules import GeneratorModule
+
+            extracted = GeneratorModule.load_from_checkpoint(args.generators, map_location="cpu").teacher
+            if not same_network(extracted, first.teacher):
+                raise CheckpointError(
+                    f"--generators {args.generators!r} were trained against another teacher than the students' "
+                    f"({first_path!r}); give generators of their teacher, or leave --generators out to use those a "
+                    "KegNet student's checkpoint holds"
+                )
     except KegnetError as err:
         build_parser().exit(2, f"{PROG}: error: {' '.join(str(err).split())}\n")
     chosen = choose(scores)

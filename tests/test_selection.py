@@ -191,8 +191,15 @@ def test_kegnet_choose_refuses_students_of_another_teacher_and_files_without_a_s
             value.mul_(1.01)
     other = tmp_path / "other_teacher.ckpt"
     torch.save(checkpoint, other)
+    generators = torch.load(tiny_checkpoints["generator"], weights_only=True)
+    for key, value in generators["state_dict"].items():
+        if key.startswith("teacher."):
+            value.mul_(1.01)
+    other_generators = tmp_path / "other_generators.ckpt"
+    torch.save(generators, other_generators)
     for args, message in [
         ([original, str(other)], "was distilled from another teacher"),
+        ([original, "--generators", str(other_generators)], "were trained against another teacher than the students'"),
         ([original, str(tiny_checkpoints["teacher"])], "holds no student"),
     ]:
         result = subprocess.run(
