@@ -55,6 +55,20 @@ def build_student(name: str, teacher: nn.Module, spec: Mapping[str, Any]) -> nn.
     return student.eval()
 
 
+def teacher_network(
+    teacher: str | Path,
+    arch: str | None = None,
+    input_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The teacher from its file, in eval mode, and its spec (``arch``, ``input_shape``, ``num_classes`` describe a
+    file that does not record them; an import path given as ``arch`` is trusted)."""
+    if arch is not None:
+        trust_arch(arch)
+    net, spec = load_classifier_and_spec(teacher, arch, input_shape, num_classes)
+    return net.eval(), spec
+
+
 def networks(
     teacher: str | Path,
     students: Sequence[str],
@@ -62,13 +76,10 @@ def networks(
     input_shape: Sequence[int] | None = None,
     num_classes: int | None = None,
 ) -> tuple[dict[str, nn.Module], dict[str, Any]]:
-    """``{"teacher": ..., <student>: ...}`` built from the teacher's file (``arch``, ``input_shape``,
-    ``num_classes`` describe a file that does not record them; an import path given as ``arch`` is trusted), and
-    the teacher's spec."""
-    if arch is not None:
-        trust_arch(arch)
-    net, spec = load_classifier_and_spec(teacher, arch, input_shape, num_classes)
-    return {"teacher": net.eval(), **{name: build_student(name, net, spec) for name in students}}, spec
+    """``{"teacher": ..., <student>: ...}`` built from the teacher's file (:func:`teacher_network`), and the
+    teacher's spec."""
+    net, spec = teacher_network(teacher, arch, input_shape, num_classes)
+    return {"teacher": net, **{name: build_student(name, net, spec) for name in students}}, spec
 
 
 def flops_per_sample(net: nn.Module, input_shape: Sequence[int]) -> int:
@@ -210,5 +221,6 @@ __all__ = [
     "size",
     "slower",
     "table",
+    "teacher_network",
     "with_ratios",
 ]

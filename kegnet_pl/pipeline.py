@@ -215,7 +215,7 @@ def check_settings_unchanged(plan: Sequence[Stage], out: Path) -> None:
     """Refuse, before any stage starts, to skip or resume a stage whose folder was run with other settings (another
     teacher, student, budget or argument): its result would enter the table under the new settings' names."""
     for stage in plan:
-        if not ((stage.folder / RESULT).is_file() or (stage.folder / "checkpoints" / "last.ckpt").is_file()):
+        if not ((stage.folder / RESULT).is_file() or (stage.folder / CHECKPOINT).is_file()):
             continue
         changes = settings_changed(stage, out)
         if changes:
@@ -518,6 +518,7 @@ class Pipeline:
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"--out {str(self.out)!r} is a file; give a folder for the run (it is made if missing)")
         self.teacher_args = {**self.teacher, "teacher": self._teacher_file()}
+        self._networks: tuple[dict[str, Any], dict[str, Any]] | None = None  # the teacher and students, once built
 
     def _teacher_file(self) -> str | None:
         """The teacher every stage uses: the ``teacher`` option, else the generator stage's (its args, then its
@@ -588,9 +589,8 @@ class Pipeline:
 
     def _stop(self, signum: int, frame: Any) -> None:
         """The SIGTERM and SIGINT (Ctrl-C) handler: send SIGTERM to every stage process (Lightning stops a fit at its
-        next batch) and
-        start no other stage; :meth:`_schedule` then raises :class:`Stopped` (it prints nothing: the main thread may
-        be printing)."""
+        next batch) and start no other stage; :meth:`_schedule` then raises :class:`Stopped` (it prints nothing: the
+        main thread may be printing)."""
         self._stopped = signum
         with self._lock:
             alive = [process for process in self._processes if process.poll() is None]
@@ -864,30 +864,28 @@ class Pipeline:
 
     def _check_students_fit_teacher(self) -> None:
         """Build the teacher and every student preset from it now (seconds), so that a teacher the config's students
-        do not fit (an MLP given to the LeNet5 presets) is one line before the generators train, not after."""
+        do not fit (an MLP given to the LeNet5 presets) is one line before the generators train, not after; the
+        networks are kept for :meth:`_payoff`."""
         from kegnet_pl import payoff
-        from kegnet_pl.loading import load_classifier_and_spec
-        from kegnet_pl.nets import trust_arch
 
         teacher = self.teacher_args["teacher"]
         if teacher is None:
             return
         options = {key: self._teacher_option(key) for key in ("input_shape", "num_classes")}
-        arch = self._teacher_option("teacher_arch")
         try:
-            if arch is not None:
-                trust_arch(arch)
-            net, spec = load_classifier_and_spec(teacher, arch, **options)
+            net, spec = payoff.teacher_network(teacher, self._teacher_option("teacher_arch"), **options)
         except KegnetError:  # the generator stage says what is wrong with the file, in the options it takes
             return
+        nets = {"teacher": net}
         for name in dict.fromkeys(self.students):
             try:
-                payoff.build_student(name, net, spec)
+                nets[name] = payoff.build_student(name, net, spec)
             except KegnetError as err:
                 raise ConfigError(
                     f"student {name!r} cannot be built from the teacher {teacher!r} ({spec['arch']}, input shape "
                     f"{list(spec['input_shape'])}): {err}"
                 ) from err
+        self._networks = nets, spec
 
     def _payoff(self) -> dict[str, dict[str, Any]] | None:
         """Parameters, FLOPs and CPU latency of the teacher and of each student preset (:mod:`kegnet_pl.payoff`),
@@ -910,7 +908,10 @@ class Pipeline:
         started = time.perf_counter()
         try:
             options = {key: self._teacher_option(key) for key in ("input_shape", "num_classes")}
-            nets, spec = payoff.networks(teacher, self.students, self._teacher_option("teacher_arch"), **options)
+            built = self._networks  # by the check before the stages ran
+            nets, spec = built or payoff.networks(
+                teacher, self.students, self._teacher_option("teacher_arch"), **options
+            )
         except KegnetError as err:
             self.echo(f"payoff not measured: {err}")
             return None
