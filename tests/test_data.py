@@ -50,6 +50,9 @@ def test_mnist_subset_is_split_3500_500_1000():
     x, y = next(iter(data.test_dataloader()))
     assert x.shape == (32, 1, 32, 32) and y.dtype == torch.int64
     assert torch.bincount(data.test_set.tensors[1]).tolist() == [100] * 10
+    # the file lists the digits in order; the held-out splits are served mixed (limit_val_batches sees every class)
+    assert data.load_arrays()[1][:500].unique().numel() == 1
+    assert data.val_set.tensors[1][:50].unique().numel() == 10 and y.unique().numel() >= 8
     assert abs(data.train_set.tensors[0].mean().item()) < 0.1  # MNIST normalisation (0.1307, 0.3081)
     again = MNISTSubsetDataModule(batch_size=32)  # the text file is parsed once a process (fit, then test)
     again.setup()

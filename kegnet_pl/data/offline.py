@@ -44,6 +44,12 @@ class InMemoryDataModule(ClassificationDataModule):
             return
         inputs, labels = self.load_arrays()
         train_idx, val_idx, test_idx = stratified_split(labels, SPLIT_FRACTIONS, self.split_seed)
+        # files often list their examples class by class: served in that order, the first batches of validation
+        # and test (all that --trainer.limit_val_batches reads) would hold a class or two. Their order is mixed,
+        # seeded; the training split keeps its order (its loader shuffles, and the shipped teachers depend on it)
+        mixer = torch.Generator().manual_seed(self.split_seed)
+        val_idx = val_idx[torch.randperm(len(val_idx), generator=mixer)]
+        test_idx = test_idx[torch.randperm(len(test_idx), generator=mixer)]
         inputs = self.fit_preprocessing(inputs, train_idx)
         self.train_set = TensorDataset(inputs[train_idx], labels[train_idx])
         self.val_set = TensorDataset(inputs[val_idx], labels[val_idx])
