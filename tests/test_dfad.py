@@ -91,6 +91,20 @@ def test_generator_is_a_trainable_source_rebuilt_from_its_spec():
     assert all(torch.equal(a, b) for a, b in pairs)
 
 
+def test_generator_samples_on_batch_statistics_in_eval_mode_too():
+    """Validation and image grids draw in eval mode: the samples must be the ones the student trains on."""
+    source = DFADGenerator(noise_dim=16, width=8)
+    source.bind((1, 32, 32), 10, seed=1)
+    with torch.no_grad():
+        trained = source.train().sample(8, torch.Generator().manual_seed(0))  # one update of the running statistics
+        state = {key: value.clone() for key, value in source.state_dict().items()}
+        held_out = source.eval().sample(8, torch.Generator().manual_seed(0))
+    assert torch.allclose(held_out, trained, atol=1e-6)
+    assert abs(held_out.mean().item()) < 1e-4 and abs(held_out.std().item() - 1) < 0.01  # the last BatchNorm's scaling
+    assert all(torch.equal(state[key], value) for key, value in source.state_dict().items())  # running stats kept
+    assert not any(module.training for module in source.modules())
+
+
 def test_student_from_scratch_and_optimisers():
     model = DFADModule(teacher=TEACHER, noise_dim=8, generator_width=8)
     assert sum(p.numel() for p in model.student.parameters()) == 15_738  # LeNet-5-half

@@ -28,8 +28,9 @@ steered by the student, as in DFAD) sets its parameters trainable and calls ``sa
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -479,6 +480,23 @@ class Mixture(SampleSource):
         }
 
 
+@contextlib.contextmanager
+def batch_statistics(net: nn.Module) -> Iterator[None]:
+    """Run ``net``'s BatchNorms on each batch's own statistics, leaving their running statistics (and the modes
+    of every module) as they were."""
+    norms = [module for module in net.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    saved = [(module.training, [buffer.clone() for buffer in module.buffers()]) for module in norms]
+    for module in norms:
+        module.train()
+    try:
+        yield
+    finally:
+        for module, (training, buffers) in zip(norms, saved, strict=True):
+            module.train(training)
+            for buffer, value in zip(module.buffers(), buffers, strict=True):
+                buffer.copy_(value)
+
+
 class DFADGenerator(SampleSource):
     """A trainable sample source: DFAD's generator of images from noise z ~ N(0, I) (DAFL's with ``bn_eps=0.8``;
     :class:`~kegnet_pl.modules.dafl.DAFLModule` builds it so)."""
@@ -511,9 +529,16 @@ class DFADGenerator(SampleSource):
                 self.net = DFADGeneratorNet(self.input_shape, self.noise_dim, self.width, self.bn_eps)
 
     def sample(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``n`` images from z ~ N(0, I), normalised with the batch's own statistics in every mode: the samples that
+        validate a student, and a grid's, are drawn as the ones it trains on (in eval mode, with the running
+        statistics, the last BatchNorm would no longer centre and scale each batch). The running statistics
+        change in training mode only."""
         self._require_bound()
         z = torch.randn(n, self.noise_dim, generator=generator).to(device, self.dtype)
-        return self.net(z)
+        if self.net.training:
+            return self.net(z)
+        with batch_statistics(self.net):
+            return self.net(z)
 
     def spec(self) -> dict[str, Any]:
         return {

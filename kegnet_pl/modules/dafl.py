@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kegnet_pl.data.noise import batch_generator
-from kegnet_pl.data.sources import DFADGenerator
+from kegnet_pl.data.sources import DFADGenerator, batch_statistics
 from kegnet_pl.errors import ConfigError
 from kegnet_pl.losses import distillation_loss
 from kegnet_pl.modules.checks import check_finite
@@ -232,17 +232,12 @@ class DAFLModule(StudentModule):
         """The samples of an image grid (:class:`kegnet_pl.images.SampleImages`): the generator is not conditioned
         on a class, so ``4 * classes * columns`` samples are drawn from ``seed`` and row ``k`` holds, in drawing
         order, the first ``columns`` of them that the teacher puts in class ``k`` (blank cells where it put fewer).
-        Drawn in eval mode (BatchNorm uses its running statistics and is not updated); the mode is restored."""
+        Drawn as in training (BatchNorm on the batch's statistics), without changing the running statistics."""
         if len(self.input_shape) != 3:
             return []
-        net = self.source.net
-        was_training = net.training
-        net.eval()
-        try:
+        with batch_statistics(self.source.net):
             draws = torch.Generator().manual_seed(seed)
             x = self.source.sample(4 * self.num_classes * columns, draws, self.device).float()
-        finally:
-            net.train(was_training)
         predicted = self.teacher(x).argmax(dim=1)
         grid = torch.zeros(self.num_classes * columns, *x.shape[1:])
         for k in range(self.num_classes):
