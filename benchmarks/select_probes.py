@@ -45,8 +45,6 @@ import torch.nn.functional as F
 from kegnet_pl import selection
 from kegnet_pl.data.noise import derive_seed
 from kegnet_pl.data.sources import DFADGenerator, KegnetGenerators, Strokes
-from kegnet_pl.export import student_class
-from kegnet_pl.loading import read_checkpoint
 from kegnet_pl.selection import moved
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,9 +60,7 @@ def candidates(run: Path, seed: int, k: int) -> dict[str, Path]:
 
 
 def load(stage: Path, device: str):
-    path = stage / "checkpoints/last.ckpt"
-    hparams = read_checkpoint(path).get("hyper_parameters") or {}
-    module = student_class(hparams.get("_class_path")).load_from_checkpoint(str(path), map_location=device)
+    module = selection.load_student_stage(stage / "checkpoints/last.ckpt", device)
     adversary = next((part for part in module.source.modules() if isinstance(part, DFADGenerator)), None)
     return module.student.eval(), module.teacher.eval(), module, adversary
 

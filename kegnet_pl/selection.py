@@ -192,8 +192,9 @@ class Loaded:
     generators: KegnetGenerators | None = None
 
 
-def load_stage(checkpoint: str | Path) -> Loaded:
-    """The student and teacher of a StudentModule (DFADModule, DAFLModule) checkpoint."""
+def load_student_stage(checkpoint: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """The module (StudentModule, DFADModule, DAFLModule) of a student stage's checkpoint; a clear error for a
+    checkpoint of another kind of stage."""
     from kegnet_pl.export import student_class
     from kegnet_pl.loading import read_checkpoint
 
@@ -205,8 +206,13 @@ def load_stage(checkpoint: str | Path) -> Loaded:
             "DAFLModule), such as <run>/seed0/student1-kegnet/checkpoints/last.ckpt"
         )
     hparams = obj.get("hyper_parameters") or {}
-    module = student_class(hparams.get("_class_path")).load_from_checkpoint(str(checkpoint), map_location="cpu")
-    strokes = hparams.get("strokes")
+    return student_class(hparams.get("_class_path")).load_from_checkpoint(str(checkpoint), map_location=map_location)
+
+
+def load_stage(checkpoint: str | Path) -> Loaded:
+    """The student and teacher of a StudentModule (DFADModule, DAFLModule) checkpoint."""
+    module = load_student_stage(checkpoint)
+    strokes = module.hparams.get("strokes")
     trained_on = next((part for part in module.source.modules() if isinstance(part, KegnetGenerators)), None)
     generators = None
     if trained_on is not None:  # every generator, one-hot labels: the probes the pipeline draws from its file
