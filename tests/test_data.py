@@ -43,6 +43,24 @@ def test_stratified_split_is_seeded_disjoint_and_balanced():
         stratified_split(labels, (0.5, 0.1), seed=0)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_orders_are_a_plain_shuffled_loaders(workers):
+    """The orders that trained the shipped teachers (a DataLoader shuffled by a generator seeded with ``seed``, no
+    workers), epoch after epoch, also with persistent workers."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from kegnet_pl.data.base import ClassificationDataModule
+
+    def epochs(loader):
+        return [torch.cat([index for (index,) in loader]).tolist() for _ in range(3)]
+
+    data = ClassificationDataModule(batch_size=8, num_workers=workers, seed=3)
+    data.train_set = TensorDataset(torch.arange(50))
+    plain = DataLoader(data.train_set, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3))
+    orders = epochs(data.train_dataloader())
+    assert orders == epochs(plain) and orders[0] != orders[1]
+
+
 def test_mnist_subset_is_split_3500_500_1000():
     data = MNISTSubsetDataModule(batch_size=32)
     data.setup()

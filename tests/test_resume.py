@@ -147,12 +147,15 @@ def teacher_on_csv(tmp_path, **overrides):
     return tiny_config(tmp_path, "teacher", model, data, **{"trainer.max_epochs": 2, **overrides})
 
 
-def test_teacher_resumed_after_an_epoch_ends_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_teacher_resumed_after_an_epoch_ends_as_an_uninterrupted_run(tmp_path, workers):
     """The training loader's shuffling goes on from epoch to epoch and dropout draws from torch's global random
     state; a resumed run takes up both from the checkpoint, so its second epoch is neither the first epoch's order
-    again nor the dropout masks of a freshly seeded run."""
-    main(["fit", "--config", str(teacher_on_csv(tmp_path / "straight"))])
-    config = teacher_on_csv(tmp_path / "split")
+    again nor the dropout masks of a freshly seeded run. Persistent workers (kept across epochs, made anew on
+    resume) change nothing."""
+    workers = {"data.init_args.num_workers": workers}
+    main(["fit", "--config", str(teacher_on_csv(tmp_path / "straight", **workers))])
+    config = teacher_on_csv(tmp_path / "split", **workers)
     main(["fit", "--config", str(config), "--trainer.max_epochs", "1"])
     main(["fit", "--config", str(config), "--ckpt_path", "last"])
     a = torch.load(tmp_path / "straight" / "ckpt" / "last.ckpt", weights_only=True)

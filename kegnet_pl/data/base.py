@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from pytorch_lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from kegnet_pl.errors import CheckpointError, ConfigError
 
@@ -38,6 +38,22 @@ def stratified_split(labels: torch.Tensor, fractions: Sequence[float], seed: int
     return [torch.cat(part).sort().values for part in parts]
 
 
+class EpochOrder(RandomSampler):
+    """Each epoch's order from ``generator`` alone, whether the loader's iterator is made anew (``num_workers`` 0)
+    or kept across epochs (persistent workers).
+
+    A loader that shuffles with its ``generator`` also draws its workers' base seed from it, once per iterator: every
+    epoch without workers, once a run with persistent workers, so a resumed run (a new iterator) drew one seed more
+    than an uninterrupted one and went on with other orders. This sampler draws one int64 from ``generator`` before
+    each epoch's permutation, as such a loader does without workers, so that the orders are those of a plain shuffled
+    loader with ``num_workers`` 0 in every case (the shipped teachers were trained so); the loader takes its base
+    seed from a generator of its own."""
+
+    def __iter__(self) -> Iterator[int]:
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        yield from super().__iter__()
+
+
 class ClassificationDataModule(LightningDataModule):
     """A DataModule of (input, label) pairs with train, validation and test splits.
 
@@ -62,22 +78,24 @@ class ClassificationDataModule(LightningDataModule):
         self._shuffle: torch.Generator | None = None  # the training loader's, which draws every epoch's order
         self._shuffle_state: torch.Tensor | None = None  # its state from a checkpoint (load_state_dict)
 
-    def _loader(self, dataset: Dataset | None, stage: str, generator: torch.Generator | None = None) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, stage: str, shuffle: torch.Generator | None = None) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__} has no {stage} split; call setup() first")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=generator is not None,
+            sampler=None if shuffle is None else EpochOrder(dataset, generator=shuffle),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            generator=generator,
+            generator=torch.Generator().manual_seed(self.seed),  # the workers' base seed only
         )
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled by a generator seeded with ``seed`` that goes on from epoch to epoch; a run resumed from a
         checkpoint goes on from the state the checkpoint saved (:meth:`state_dict`), so that its epochs see the
-        orders an uninterrupted run's would (with ``num_workers`` 0; under DDP Lightning's sampler orders them)."""
+        orders an uninterrupted run's would (with workers or without: :class:`EpochOrder`; under DDP Lightning's
+        sampler orders them). Random transforms in workers (Fashion-MNIST's flips) restart from their base seed on
+        resume."""
         self._shuffle = torch.Generator().manual_seed(self.seed)
         if self._shuffle_state is not None:
             self._shuffle.set_state(self._shuffle_state)
