@@ -49,11 +49,6 @@ from kegnet_pl.runs import RunRecord, continue_run, no_hp_metric, recorded_run
 #: The model options whose values name an architecture: what the user types there is trusted (see README, Security).
 ARCH_OPTIONS = ("arch", "teacher_arch")
 
-# Frozen networks (teacher, trained generators) are in eval mode on purpose; the generator stage has no
-# validation (its NoiseDataModule offers held-out batches only when asked to).
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-warnings.filterwarnings("ignore", message=r".*Total length of `list` across ranks is zero.*")
-warnings.filterwarnings("ignore", message=r".*but have no `validation_step`. Skipping val loop.*")
 # kegnet passes its words to LightningCLI on purpose (kegnet_pl.stage runs a fit and its test in one process).
 warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within Python")
 # Stored specs hold shapes as tuples; specs are normalised when read, so a list after a round trip is the same.

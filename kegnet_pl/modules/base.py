@@ -16,6 +16,7 @@ It owns what those stages share, so that each keeps only its own steps:
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -34,6 +35,14 @@ TEACHER_FLAGS = {
     "input_shape": "--model.init_args.input_shape '[1,32,32]'",
     "num_classes": "--model.init_args.num_classes 10",
 }
+
+
+# Frozen networks (teacher, trained generators) are in eval mode on purpose; the generator stage has no
+# validation (its NoiseDataModule offers held-out batches only when asked to). Filtered where the modules are
+# defined, so that a stage trained from Python is as quiet as one run by ``kegnet``.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+warnings.filterwarnings("ignore", message=r".*Total length of `list` across ranks is zero.*")
+warnings.filterwarnings("ignore", message=r".*but have no `validation_step`. Skipping val loop.*")
 
 
 def load_teacher(
@@ -69,8 +78,8 @@ def noise_setting(model: Any, key: str) -> Any:
     """What ``kegnet`` links to a NoiseDataModule's argument ``key``: the model's ``noise_settings()[key]``, or
     nothing for a stage whose batches are only seeds (a module-level function, so that ddp_spawn can pickle the
     parser that holds the link)."""
-    settings = model.noise_settings() if isinstance(model, TeacherStage) else None
-    if settings is None:
+    settings = model.noise_settings() if isinstance(model, TeacherStage) else {}
+    if key not in settings:
         return "onehot" if key == "label_distribution" else None
     return settings[key]
 
@@ -113,10 +122,11 @@ class TeacherStage(ResumableRandomness, CheckedLoading, LightningModule):
         return params
 
     # --- data ----------------------------------------------------------------------------------------
-    def noise_settings(self) -> dict[str, Any] | None:
-        """What the NoiseDataModule draws for this stage beyond each batch's seed (``kegnet`` links it): ``None``
-        for a stage that makes its own inputs from the seed."""
-        return None
+    def noise_settings(self) -> dict[str, Any]:
+        """What the NoiseDataModule draws for this stage beyond each batch's seed (``kegnet`` links it; in Python
+        ``NoiseDataModule(..., **module.noise_settings())``): nothing for a stage that makes its own inputs from
+        the seed."""
+        return {}
 
     # --- reports -------------------------------------------------------------------------------------
     def summary(self) -> dict[str, float]:
