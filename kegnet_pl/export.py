@@ -35,7 +35,7 @@ import kegnet_pl.modules.dfad  # noqa: F401  (and DFADModule)
 from kegnet_pl.atomic import atomic_write
 from kegnet_pl.compression import parameter_count
 from kegnet_pl.errors import CheckpointError, ConfigError, KegnetError, OneLineParser
-from kegnet_pl.loading import NET_PREFIX, load_classifier_and_spec, read_checkpoint
+from kegnet_pl.loading import NET_PREFIX, load_classifier_and_spec, read_checkpoint, recorded_module
 from kegnet_pl.modules.student import StudentModule
 from kegnet_pl.nets.registry import TRUST_ENV
 
@@ -80,7 +80,7 @@ def network_of_checkpoint(path: str | Path) -> tuple[nn.Module, str, tuple[int, 
     keys = [key for key in state if isinstance(key, str)] if isinstance(state, Mapping) else []
     hparams = obj.get("hyper_parameters") or {}
     if any(key.startswith("student.") for key in keys):
-        module = student_class(hparams.get("_class_path")).load_from_checkpoint(str(path), map_location="cpu")
+        module = student_class(recorded_module(obj)).load_from_checkpoint(str(path), map_location="cpu")
         return module.student.eval(), "student", tuple(module.input_shape)
     if any(key.startswith(NET_PREFIX) for key in keys) and hparams.get("arch") is not None:
         net, spec = load_classifier_and_spec(path)
@@ -98,8 +98,8 @@ def network_of_checkpoint(path: str | Path) -> tuple[nn.Module, str, tuple[int, 
 
 
 def student_class(class_path: Any) -> type[StudentModule]:
-    """The imported StudentModule subclass that a checkpoint's ``_class_path`` names (``kegnet`` writes it), in full or
-    by its short name; StudentModule itself for any other value (the student network is built the same way)."""
+    """The imported StudentModule subclass that a checkpoint names (:func:`kegnet_pl.loading.recorded_module`), in
+    full or by its short name; StudentModule itself for any other value (the student network is built the same way)."""
     found, todo = {}, [StudentModule]
     while todo:
         cls = todo.pop()

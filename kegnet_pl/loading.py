@@ -325,6 +325,26 @@ def save_classifier(net: nn.Module, path: str | Path, arch: str, arch_kwargs: Ma
     return path
 
 
+#: the checkpoint key that names the LightningModule class that wrote it (``kegnet`` also records ``_class_path``)
+MODULE_KEY = "kegnet_pl_module"
+
+#: what to do with a checkpoint of one kind of stage given to another, by (recorded class, loading class family)
+_OTHER_STAGE_HINTS = {
+    "GeneratorModule": "to distil a student from its generators, pass it as StudentModule(generators=...)",
+    "TeacherModule": "to use the classifier it trained, pass it as a stage's teacher=... or TeacherModule(weights=...)",
+}
+
+
+def recorded_module(obj: Mapping[str, Any]) -> str | None:
+    """The class path of the LightningModule that wrote a checkpoint, where it says (``None`` for files of earlier
+    versions saved from Python, which record none)."""
+    recorded = obj.get(MODULE_KEY)
+    if not isinstance(recorded, str):
+        hparams = obj.get("hyper_parameters")
+        recorded = hparams.get("_class_path") if isinstance(hparams, Mapping) else None
+    return recorded if isinstance(recorded, str) else None
+
+
 class CheckedLoading:
     """Mixin of kegnet_pl's LightningModules: ``load_from_checkpoint`` reads the file through :func:`read_checkpoint`
     (``weights_only``, the hyper-parameters checked so that the file cannot name code the user did not trust, the
@@ -344,6 +364,26 @@ class CheckedLoading:
         args.update({key: None for key in cls.file_arguments if key in accepted})
         return args
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the module's class, so that loading the file as another kind of stage is refused."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[MODULE_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+    @classmethod
+    def _check_recorded_module(cls, path: str, recorded: str | None) -> None:
+        """A checkpoint written by another class than ``cls`` (or one of its bases) would be rebuilt as something it
+        is not: a DFADModule's as a plain StudentModule trains without its adversary, quietly."""
+        if recorded is None:
+            return
+        name = recorded.rsplit(".", 1)[-1]
+        if name in {klass.__name__ for klass in cls.__mro__}:
+            return
+        hint = _OTHER_STAGE_HINTS.get(name) or (
+            f"load it with {name}.load_from_checkpoint (kegnet_pl.export.student_class picks the class of any "
+            "student stage's checkpoint)"
+        )
+        raise CheckpointError(f"{path!r} is a checkpoint of a {name}, not of a {cls.__name__}; {hint}")
+
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, *args: Any, **kwargs: Any) -> Any:
         kwargs["weights_only"] = True
@@ -354,6 +394,7 @@ class CheckedLoading:
         state = obj.get("state_dict")
         if not isinstance(state, Mapping):
             raise CheckpointError(f"{path!r} is not a Lightning checkpoint of a {cls.__name__} (it has no state_dict)")
+        cls._check_recorded_module(path, recorded_module(obj))
         from kegnet_pl.compression.tucker import structure_only
 
         # every weight is loaded from the file (strict loading): Tucker layers need their shapes, not a decomposition

@@ -196,7 +196,7 @@ def load_student_stage(checkpoint: str | Path, map_location: str | torch.device 
     """The module (StudentModule, DFADModule, DAFLModule) of a student stage's checkpoint; a clear error for a
     checkpoint of another kind of stage."""
     from kegnet_pl.export import student_class
-    from kegnet_pl.loading import read_checkpoint
+    from kegnet_pl.loading import read_checkpoint, recorded_module
 
     obj = read_checkpoint(checkpoint)
     state = obj.get("state_dict")
@@ -205,8 +205,7 @@ def load_student_stage(checkpoint: str | Path, map_location: str | torch.device 
             f"{str(checkpoint)!r} holds no student; give checkpoints of student stages (StudentModule, DFADModule, "
             "DAFLModule), such as <run>/seed0/student1-kegnet/checkpoints/last.ckpt"
         )
-    hparams = obj.get("hyper_parameters") or {}
-    return student_class(hparams.get("_class_path")).load_from_checkpoint(str(checkpoint), map_location=map_location)
+    return student_class(recorded_module(obj)).load_from_checkpoint(str(checkpoint), map_location=map_location)
 
 
 def load_stage(checkpoint: str | Path) -> Loaded:

@@ -9,7 +9,7 @@ import pathlib
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TEACHER, teacher_config
+from conftest import ROOT, TEACHER, quiet_trainer, teacher_config
 
 from kegnet_pl.cli import main
 from kegnet_pl.nets import LeNet5
@@ -241,3 +241,20 @@ def test_missing_real_data_of_a_student_config_names_the_options_that_reach_it(t
     assert "point --data.init_args.eval_data.init_args.root DIR at them" in line
     assert "leave out the real-data figures with --data.init_args.eval_data null" in line
     main([*args, "--data.init_args.eval_data", "null", "--trainer.default_root_dir", str(tmp_path)])  # the advice works
+
+
+def test_a_stage_given_the_other_kind_of_data_says_which_it_needs(tmp_path, generator_ckpt):
+    """From Python nothing links the data to the model: the wrong DataModule is named before any step."""
+    from kegnet_pl.data import MNISTSubsetDataModule, NoiseDataModule
+    from kegnet_pl.errors import ConfigError
+    from kegnet_pl.modules import GeneratorModule, StudentModule, TeacherModule
+
+    student = StudentModule(generators=generator_ckpt, student="lenet5-s1", pool_size=None)
+    with pytest.raises(ConfigError, match=r"StudentModule trains without data, on NoiseDataModule batches, but got "):
+        quiet_trainer(tmp_path).fit(student, MNISTSubsetDataModule(batch_size=8))
+    generators = GeneratorModule(teacher=TEACHER, n_generators=2)
+    with pytest.raises(ConfigError, match=r"needs noise batches with streams=2, num_classes=10, noise_dim=10, but the"):
+        quiet_trainer(tmp_path).fit(generators, NoiseDataModule(batch_size=8, batches_per_epoch=1))
+    teacher = TeacherModule(arch="lenet5", input_shape=[1, 32, 32], num_classes=10)
+    with pytest.raises(ConfigError, match=r"TeacherModule trains on real labelled data, and NoiseDataModule holds"):
+        quiet_trainer(tmp_path).fit(teacher, NoiseDataModule(batch_size=8, batches_per_epoch=1))

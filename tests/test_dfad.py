@@ -1,13 +1,17 @@
 """DFAD: its loss against the paper's formula, its settings against its authors' MNIST script, which network each
 loss reaches, the networks' modes while it trains, its trainable generator source, a fit through kegnet, and resume."""
 
+import pytest
 import torch
 import yaml
-from conftest import ROOT, TEACHER, tiny_config, training_modes
+from conftest import ROOT, TEACHER, module_checkpoint, tiny_config, training_modes
 
+from kegnet_pl import export
 from kegnet_pl.cli import main
 from kegnet_pl.data import NoiseDataModule
 from kegnet_pl.data.sources import build_source
+from kegnet_pl.errors import CheckpointError
+from kegnet_pl.modules import StudentModule
 from kegnet_pl.modules.dfad import DFADGenerator, DFADModule, dfad_discrepancy
 
 
@@ -103,6 +107,17 @@ def test_generator_samples_on_batch_statistics_in_eval_mode_too():
     assert abs(held_out.mean().item()) < 1e-4 and abs(held_out.std().item() - 1) < 0.01  # the last BatchNorm's scaling
     assert all(torch.equal(state[key], value) for key, value in source.state_dict().items())  # running stats kept
     assert not any(module.training for module in source.modules())
+
+
+def test_a_checkpoint_loads_only_as_the_kind_of_stage_that_wrote_it(tmp_path, generator_ckpt):
+    """A DFAD checkpoint read by StudentModule would train on, without its adversary, as plain distillation."""
+    path = module_checkpoint(DFADModule(teacher=TEACHER, noise_dim=8, generator_width=8), tmp_path / "dfad.ckpt")
+    with pytest.raises(CheckpointError, match=r"a DFADModule, not of a StudentModule; load it with DFADModule\.load_"):
+        StudentModule.load_from_checkpoint(path)
+    assert isinstance(DFADModule.load_from_checkpoint(path), DFADModule)
+    assert type(export.network_of_checkpoint(path)[0]).__name__ == "LeNet5Half"  # loaded as the DFADModule it is
+    with pytest.raises(CheckpointError, match=r"GeneratorModule, not of a StudentModule; to distil a student from its"):
+        StudentModule.load_from_checkpoint(generator_ckpt)
 
 
 def test_student_from_scratch_and_optimisers():

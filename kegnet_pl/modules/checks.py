@@ -44,8 +44,9 @@ def check_finite_groups(step: int, epoch: int, groups: dict[str, dict[str, torch
     the message names the first group and term that is not finite."""
     if all_finite(value for terms in groups.values() for value in terms.values()):
         return
-    advice = "training stopped and the last good checkpoint is kept. Resume with --ckpt_path last, perhaps with a "
-    advice += "lower --model.lr"
+    advice = "training stopped and the last good checkpoint is kept. Resume with --ckpt_path last (from Python: "
+    advice += "trainer.fit(..., ckpt_path=...)), perhaps with a lower --model.lr, or in a wider precision (16-true "
+    advice += "overflows easily; 32-true or bf16-mixed do not)"
     for stage, terms in groups.items():
         for name, value in terms.items():
             if not torch.isfinite(value.detach()).all():
@@ -68,6 +69,38 @@ def check_data_fits(module_name: str, input_shape: tuple[int, ...], num_classes:
             f"{module_name} expects input_shape={tuple(input_shape)} and num_classes={num_classes}, but "
             f"{type(datamodule).__name__} gives input_shape={data_shape} and num_classes={data_classes}; "
             "make the model's input_shape/num_classes match the data"
+        )
+
+
+def check_data_kind(module: Any, datamodule: Any) -> None:
+    """Fail before training when a stage gets the other kind of DataModule: the data-free stages train on
+    NoiseDataModule batches drawn with the module's ``noise_settings()``, a teacher on real labelled data."""
+    if datamodule is None:
+        return
+    from kegnet_pl.data.noise import NoiseDataModule
+
+    name, data_name = type(module).__name__, type(datamodule).__name__
+    settings = module.noise_settings() if hasattr(module, "noise_settings") else None
+    if settings is None:
+        if isinstance(datamodule, NoiseDataModule):
+            raise ConfigError(
+                f"{name} trains on real labelled data, and NoiseDataModule holds none; give it a real-data DataModule "
+                "(MNISTDataModule, CSVDataModule, ...)"
+            )
+        return
+    if not isinstance(datamodule, NoiseDataModule):
+        raise ConfigError(
+            f"{name} trains without data, on NoiseDataModule batches, but got {data_name}; pass "
+            f"NoiseDataModule(..., **model.noise_settings(), eval_data={data_name}(...)) to score it on that data's "
+            "validation and test splits too"
+        )
+    wrong = {key: value for key, value in settings.items() if datamodule.settings.get(key) != value}
+    if wrong:
+        drawn = ", ".join(f"{key}={datamodule.settings.get(key)!r}" for key in wrong)
+        needed = ", ".join(f"{key}={value!r}" for key, value in wrong.items())
+        raise ConfigError(
+            f"{name} needs noise batches with {needed}, but the NoiseDataModule draws {drawn}; "
+            "build it as NoiseDataModule(..., **model.noise_settings())"
         )
 
 
@@ -95,12 +128,14 @@ class ResumableRandomness:
     _saved_random_state: dict[str, Any] | None = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         state = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         checkpoint["random_state"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("random_state")
         self._saved_random_state = state if isinstance(state, dict) else None
 

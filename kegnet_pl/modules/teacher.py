@@ -11,7 +11,13 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from kegnet_pl.errors import ConfigError
 from kegnet_pl.loading import CheckedLoading, load_classifier
-from kegnet_pl.modules.checks import ResumableRandomness, check_data_fits, check_finite, with_lr_schedule
+from kegnet_pl.modules.checks import (
+    ResumableRandomness,
+    check_data_fits,
+    check_data_kind,
+    check_finite,
+    with_lr_schedule,
+)
 from kegnet_pl.nets.registry import build_classifier
 
 
@@ -73,6 +79,8 @@ class TeacherModule(ResumableRandomness, CheckedLoading, LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit":
+            check_data_kind(self, datamodule)
         check_data_fits("TeacherModule", self.hparams.input_shape, self.hparams.num_classes, datamodule)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
