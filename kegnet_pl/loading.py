@@ -369,8 +369,39 @@ class CheckedLoading:
         super().on_save_checkpoint(checkpoint)
         checkpoint[MODULE_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint handed to ``trainer.fit(..., ckpt_path=...)`` of a module of another class is refused; its
+        hyper-parameters are kept to explain weights that do not fit (:meth:`load_state_dict`)."""
+        super().on_load_checkpoint(checkpoint)
+        type(self)._check_recorded_module("the checkpoint", recorded_module(checkpoint))  # trainer.fit's ckpt_path
+        hparams = checkpoint.get("hyper_parameters")
+        self._checkpoint_hparams = dict(hparams) if isinstance(hparams, Mapping) else {}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """torch's own loading; weights that do not fit the module (a checkpoint of the same class built with
+        other settings) are one :class:`CheckpointError` that names the settings the checkpoint was written with."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as err:
+            if "Error(s) in loading state_dict" not in str(err):
+                raise
+            recorded = getattr(self, "_checkpoint_hparams", None) or {}
+            skip = {*self.file_arguments, *getattr(self, "spec_arguments", ())}
+            differ = [
+                f"{key}={_short(value, 60)}"
+                for key, value in recorded.items()
+                if key in self.hparams and key not in skip and not key.startswith("_") and value != self.hparams[key]
+            ]
+            written = f"was written with {', '.join(differ[:4])}" if differ else "holds other networks"
+            name = type(self).__name__
+            raise CheckpointError(
+                f"the checkpoint's weights do not fit this {name} ({_short(' '.join(str(err).split()), 160)}); it "
+                f"{written}: build the {name} with the checkpoint's settings, or load it with "
+                f"{name}.load_from_checkpoint"
+            ) from err
+
     @classmethod
-    def _check_recorded_module(cls, path: str, recorded: str | None) -> None:
+    def _check_recorded_module(cls, what: str, recorded: str | None) -> None:
         """A checkpoint written by another class than ``cls`` (or one of its bases) would be rebuilt as something it
         is not: a DFADModule's as a plain StudentModule trains without its adversary, quietly."""
         if recorded is None:
@@ -382,7 +413,7 @@ class CheckedLoading:
             f"load it with {name}.load_from_checkpoint (kegnet_pl.export.student_class picks the class of any "
             "student stage's checkpoint)"
         )
-        raise CheckpointError(f"{path!r} is a checkpoint of a {name}, not of a {cls.__name__}; {hint}")
+        raise CheckpointError(f"{what} is a checkpoint of a {name}, not of a {cls.__name__}; {hint}")
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, *args: Any, **kwargs: Any) -> Any:
@@ -394,7 +425,7 @@ class CheckedLoading:
         state = obj.get("state_dict")
         if not isinstance(state, Mapping):
             raise CheckpointError(f"{path!r} is not a Lightning checkpoint of a {cls.__name__} (it has no state_dict)")
-        cls._check_recorded_module(path, recorded_module(obj))
+        cls._check_recorded_module(repr(path), recorded_module(obj))
         from kegnet_pl.compression.tucker import structure_only
 
         # every weight is loaded from the file (strict loading): Tucker layers need their shapes, not a decomposition

@@ -258,3 +258,26 @@ def test_a_stage_given_the_other_kind_of_data_says_which_it_needs(tmp_path, gene
     teacher = TeacherModule(arch="lenet5", input_shape=[1, 32, 32], num_classes=10)
     with pytest.raises(ConfigError, match=r"TeacherModule trains on real labelled data, and NoiseDataModule holds"):
         quiet_trainer(tmp_path).fit(teacher, NoiseDataModule(batch_size=8, batches_per_epoch=1))
+
+
+def test_resuming_from_a_checkpoint_of_other_settings_names_them(tmp_path, generator_ckpt):
+    """trainer.fit(..., ckpt_path=...) into a module built otherwise: not torch's list of missing and misfit keys."""
+    from kegnet_pl.data import NoiseDataModule
+    from kegnet_pl.errors import CheckpointError
+    from kegnet_pl.modules import GeneratorModule, StudentModule
+
+    def student(preset):
+        return StudentModule(generators=generator_ckpt, student=preset, pool_size=None)
+
+    def resume(module, **settings):
+        data = NoiseDataModule(batch_size=4, batches_per_epoch=1, **settings)
+        quiet_trainer(tmp_path, max_steps=2).fit(module, data, ckpt_path=tmp_path / "s3.ckpt")
+
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    trainer.fit(student("lenet5-paper-s3"), NoiseDataModule(batch_size=4, batches_per_epoch=1))
+    trainer.save_checkpoint(tmp_path / "s3.ckpt")
+    with pytest.raises(CheckpointError, match=r"do not fit this StudentModule .*written with student='lenet5-paper-s3"):
+        resume(student("lenet5-paper-s1"))
+    generators = GeneratorModule(teacher=TEACHER, n_generators=2)
+    with pytest.raises(CheckpointError, match=r"the checkpoint is a checkpoint of a StudentModule, not of a Generator"):
+        resume(generators, **generators.noise_settings())
