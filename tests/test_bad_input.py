@@ -281,3 +281,21 @@ def test_resuming_from_a_checkpoint_of_other_settings_names_them(tmp_path, gener
     generators = GeneratorModule(teacher=TEACHER, n_generators=2)
     with pytest.raises(CheckpointError, match=r"the checkpoint is a checkpoint of a StudentModule, not of a Generator"):
         resume(generators, **generators.noise_settings())
+
+
+def test_a_python_run_never_writes_its_checkpoints_among_the_shipped_teachers(tmp_path, monkeypatch):
+    """Trainer(logger=False) from the repository root would write to ./checkpoints, beside manifest.json."""
+    from pytorch_lightning import Trainer
+
+    from kegnet_pl.data import NoiseDataModule
+    from kegnet_pl.errors import ConfigError
+    from kegnet_pl.modules import GeneratorModule
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "manifest.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    generators = GeneratorModule(teacher=TEACHER, n_generators=1)
+    trainer = Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ConfigError, match=r"into '.*checkpoints', the folder of the shipped teachers"):
+        trainer.fit(generators, NoiseDataModule(batch_size=4, batches_per_epoch=1, **generators.noise_settings()))
+    assert [path.name for path in (tmp_path / "checkpoints").iterdir()] == ["manifest.json"]

@@ -104,6 +104,19 @@ def check_data_kind(module: Any, datamodule: Any) -> None:
         )
 
 
+def check_checkpoint_folder(trainer: Any) -> None:
+    """Refuse to let Lightning write a run's checkpoints into the folder of the shipped teachers (one holding
+    ``manifest.json``): a Trainer with ``logger=False`` and no ``default_root_dir`` writes to ``./checkpoints``."""
+    for callback in getattr(trainer, "checkpoint_callbacks", []) or []:
+        folder = getattr(callback, "dirpath", None)
+        if folder and os.path.isfile(os.path.join(folder, "manifest.json")):
+            raise ConfigError(
+                f"this run would write its checkpoints into {folder!r}, the folder of the shipped teachers "
+                "(it holds manifest.json); give the Trainer a default_root_dir (or a logger), or the ModelCheckpoint "
+                "a dirpath of its own"
+            )
+
+
 def with_lr_schedule(optimizer: torch.optim.Optimizer, schedule: str, module: Any) -> Any:
     """``optimizer`` alone (``constant``), or with a cosine decay of its learning rate to 0 over the optimiser steps
     of ``module``'s run (``cosine``; asks its trainer), in the form ``configure_optimizers`` returns."""
