@@ -28,6 +28,15 @@ def run_file(path, fmt):
     return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
 
 
+def refused(capsys, *args: str) -> str:
+    """Run ``kegnet ARGS``, which must stop with exit status 2 (an argument error), and return what it printed on
+    stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
 def assert_same_outputs(path, fmt, net, input_shape=(1, 32, 32)):
     run = run_file(path, fmt)
     for size in BATCHES:
@@ -48,10 +57,8 @@ def test_the_exported_student_matches_the_checkpoint(tmp_path, tiny_checkpoints,
 def test_an_existing_file_is_kept_unless_forced(tmp_path, tiny_checkpoints, capsys):
     out = tmp_path / "student.pt2"
     out.write_bytes(b"an earlier export")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export", str(tiny_checkpoints["student"]), "--format", "pt2", "--out", str(out)])
-    message = capsys.readouterr().err
-    assert exit_info.value.code == 2 and message.count("\n") == 1 and "--force" in message
+    message = refused(capsys, "export", str(tiny_checkpoints["student"]), "--format", "pt2", "--out", str(out))
+    assert message.count("\n") == 1 and "--force" in message
     assert out.read_bytes() == b"an earlier export"
     main(["export", str(tiny_checkpoints["student"]), "--format", "pt2", "--out", str(out), "--force"])
     assert_same_outputs(out, "pt2", StudentModule.load_from_checkpoint(tiny_checkpoints["student"]).student.eval())
@@ -60,20 +67,16 @@ def test_an_existing_file_is_kept_unless_forced(tmp_path, tiny_checkpoints, caps
 
 def test_an_out_named_for_the_other_format_is_refused(tmp_path, tiny_checkpoints, capsys):
     out = tmp_path / "student.onnx"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export", str(tiny_checkpoints["student"]), "--format", "pt2", "--out", str(out)])
-    message = capsys.readouterr().err
-    assert exit_info.value.code == 2 and message.count("\n") == 1
+    message = refused(capsys, "export", str(tiny_checkpoints["student"]), "--format", "pt2", "--out", str(out))
+    assert message.count("\n") == 1
     assert "names a .onnx file, but --format is pt2; give --format onnx, or an --out ending in .pt2" in message
     assert not out.exists()
 
 
 def test_a_generator_checkpoint_holds_no_student(tmp_path, tiny_checkpoints, capsys):
     out = tmp_path / "student.onnx"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export", str(tiny_checkpoints["generator"]), "--format", "onnx", "--out", str(out)])
-    message = capsys.readouterr().err
-    assert exit_info.value.code == 2 and message.count("\n") == 1
+    message = refused(capsys, "export", str(tiny_checkpoints["generator"]), "--format", "onnx", "--out", str(out))
+    assert message.count("\n") == 1
     assert message.startswith("kegnet export: error:") and "no student" in message and "generator.ckpt" in message
     assert not out.exists()
 
@@ -104,17 +107,14 @@ def test_missing_onnx_packages_name_the_extra(tmp_path, tiny_checkpoints, monkey
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "onnxscript" else find_spec(name))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export", str(tiny_checkpoints["student"]), "--format", "onnx", "--out", str(tmp_path / "s.onnx")])
-    message = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "onnxscript" in message and "pip install 'kegnet-pl[export]'" in message
+    out = str(tmp_path / "s.onnx")
+    message = refused(capsys, "export", str(tiny_checkpoints["student"]), "--format", "onnx", "--out", out)
+    assert "onnxscript" in message and "pip install 'kegnet-pl[export]'" in message
 
 
 def test_a_missing_format_is_a_one_line_error(tiny_checkpoints, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export", str(tiny_checkpoints["student"])])
-    message = capsys.readouterr().err
-    assert exit_info.value.code == 2 and message.count("\n") == 1 and "--format" in message
+    message = refused(capsys, "export", str(tiny_checkpoints["student"]))
+    assert message.count("\n") == 1 and "--format" in message
 
 
 def test_kegnet_help_names_the_export_subcommand(capsys):
@@ -125,10 +125,8 @@ def test_kegnet_help_names_the_export_subcommand(capsys):
 
 def test_predict_is_one_line_that_points_at_test_and_export(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["predict", "--config", "student.yaml", "--ckpt_path", "last"])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.count("\n") == 1
+    err = refused(capsys, "predict", "--config", "student.yaml", "--ckpt_path", "last")
+    assert err.count("\n") == 1
     assert "predict is not a kegnet subcommand" in err and "kegnet test" in err and "kegnet export" in err
     assert list(tmp_path.iterdir()) == []  # no empty TensorBoard folder left behind
     with pytest.raises(SystemExit):
