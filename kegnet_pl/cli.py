@@ -41,7 +41,7 @@ from kegnet_pl.atomic import atomic_write_text
 from kegnet_pl.checkpointing import AtomicCheckpointIO, keep_last_every_epoch, last_checkpoint, refuse_to_mix_runs
 from kegnet_pl.errors import CheckpointError, ConfigError, KegnetError, parser_message
 from kegnet_pl.export import main as export_main
-from kegnet_pl.loading import read_checkpoint
+from kegnet_pl.loading import read_checkpoint, recorded_module
 from kegnet_pl.modules.base import NOISE_SETTINGS, noise_setting
 from kegnet_pl.nets.registry import TRUST_ENV, trust_arch
 from kegnet_pl.runs import RunRecord, continue_run, no_hp_metric, recorded_run
@@ -157,14 +157,14 @@ class KegnetCLI(LightningCLI):
         checkpoint = read_checkpoint(path)
         self.fit_run = recorded_run(checkpoint)  # the TensorBoard run test/validate log into (continue_run)
         hparams = checkpoint.get("hyper_parameters") or {}
-        class_path = hparams.get("_class_path")
-        saved_class = _loaded_module_class(class_path)
-        if class_path is not None and saved_class is None:
+        class_path = hparams.get("_class_path")  # what Lightning's own loading would import
+        if class_path is not None and _loaded_module_class(class_path) is None:
             raise CheckpointError(
                 f"refused {str(path)!r}: it asks for the model class {str(class_path)[:80]!r}, which is not "
                 "a LightningModule already loaded (a file never chooses which code runs); use a kegnet_pl "
                 "checkpoint, or import that class's module yourself"
             )
+        saved_class = _loaded_module_class(recorded_module(checkpoint))  # checkpoints saved from Python too
         model_class = _loaded_module_class(config.get("model.class_path"))
         if saved_class is not None and model_class is not None and saved_class is not model_class:
             raise ConfigError(

@@ -104,3 +104,13 @@ def test_last_without_a_checkpoint_folder_is_one_line(tmp_path, capsys):
     config = teacher_config(tmp_path, **{"trainer.callbacks": []})
     line = one_line_error(capsys, ["fit", "--config", str(config), "--ckpt_path", "last"])
     assert "dirpath of the config's ModelCheckpoint" in line and "drop --ckpt_path" in line
+
+
+def test_a_python_made_checkpoint_of_another_module_is_named_by_the_command(tmp_path, capsys, tiny_checkpoints):
+    """A checkpoint saved from Python records its class only in ``kegnet_pl_module`` (no ``_class_path``): the
+    command names it and the ``--model`` to use before building anything, as for its own checkpoints."""
+    assert "_class_path" not in torch.load(tiny_checkpoints["generator"], weights_only=True)["hyper_parameters"]
+    config = student_config(tmp_path, tiny_checkpoints["generator"], FIXED_RANKS)
+    line = one_line_error(capsys, ["test", "--config", str(config), "--ckpt_path", str(tiny_checkpoints["generator"])])
+    assert "holds a GeneratorModule but the config's model is a StudentModule" in line
+    assert "--model GeneratorModule" in line
