@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+#: where a message that names ``kegnet`` options goes on with the same settings as Python arguments
+FROM_PYTHON = "; from Python, "
+
 
 class KegnetError(Exception):
     """Base class of the errors caused by user input (files, configs, arguments)."""

@@ -53,7 +53,7 @@ from typing import Any
 import yaml
 
 from kegnet_pl.atomic import atomic_write, atomic_write_text
-from kegnet_pl.errors import ConfigError, KegnetError, parser_message
+from kegnet_pl.errors import FROM_PYTHON, ConfigError, KegnetError, parser_message
 
 RESULT = "result.json"
 #: the stage's command-line arguments after its config (``--student_args`` and the like), beside its config.yaml
@@ -1318,7 +1318,9 @@ TEACHER_OPTIONS = {f"--model.init_args.{name}": f"--{name}" for name in ("teache
 
 
 def pipeline_flags(message: str) -> str:
-    """A stage's message with the teacher options it suggests in ``kegnet``'s spelling put in the pipeline's."""
+    """A stage's message with the teacher options it suggests in ``kegnet``'s spelling put in the pipeline's (and
+    without their spelling as Python arguments)."""
+    message = message.split(FROM_PYTHON)[0]
     for option, ours in TEACHER_OPTIONS.items():
         message = message.replace(option, ours)
     return message

@@ -89,7 +89,8 @@ CASES = {
     "teacher file that does not record its shape": (
         lambda t: ["fit", "--config", generator_yaml(t, teacher=str(t / "full.ckpt"))],
         "does not say its arch, input_shape, num_classes; give them, for example --model.init_args.teacher_arch lenet5 "
-        "--model.init_args.input_shape '[1,32,32]' --model.init_args.num_classes 10",
+        "--model.init_args.input_shape '[1,32,32]' --model.init_args.num_classes 10; from Python, "
+        "teacher_arch='lenet5', input_shape=[1, 32, 32], num_classes=10",
     ),
     "teacher architecture differs from config": (
         lambda t: ["fit", "--config", generator_yaml(t, teacher=TEACHER, teacher_arch="resnet14")],

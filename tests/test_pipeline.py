@@ -405,7 +405,8 @@ def test_teacher_options_in_a_stages_message_are_named_as_the_pipeline_takes_the
     from kegnet_pl.pipeline import pipeline_flags
 
     message = "give them, for example --model.init_args.teacher_arch lenet5 --model.init_args.input_shape '[1,32,32]'"
-    assert pipeline_flags(message) == "give them, for example --teacher_arch lenet5 --input_shape '[1,32,32]'"
+    python = "; from Python, teacher_arch='lenet5', input_shape=[1, 32, 32]"  # not what the pipeline takes
+    assert pipeline_flags(message + python) == "give them, for example --teacher_arch lenet5 --input_shape '[1,32,32]'"
 
 
 def test_a_misspelt_stage_option_fails_before_any_stage_runs(tmp_path, monkeypatch, capsys):

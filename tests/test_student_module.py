@@ -249,8 +249,10 @@ def test_bad_settings(generator_ckpt):
         StudentModule(generators=generator_ckpt, student={"conv9": 3})
     with pytest.raises(ConfigError, match="lr must be positive, got 0"):
         StudentModule(generators=generator_ckpt, lr=0)
-    with pytest.raises(ConfigError, match="needs generators"):
+    with pytest.raises(ConfigError, match=r"needs generators: give generators= a generator checkpoint \(model\."):
         StudentModule()
+    with pytest.raises(ConfigError, match=r"needs a teacher: give generators= .* or teacher= the teacher's weights"):
+        StudentModule(source="uniform")
 
 
 def test_shipped_student_config_parses(capsys):

@@ -24,7 +24,7 @@ from pytorch_lightning import LightningModule
 from torch import nn
 
 from kegnet_pl.compression import parameter_count
-from kegnet_pl.errors import CheckpointError, ConfigError
+from kegnet_pl.errors import FROM_PYTHON, CheckpointError, ConfigError
 from kegnet_pl.loading import CheckedLoading, SpecMissingError, load_classifier_and_spec
 from kegnet_pl.modules.checks import ResumableRandomness
 from kegnet_pl.nets import Frozen, build_classifier_from_spec
@@ -34,6 +34,12 @@ TEACHER_FLAGS = {
     "arch": "--model.init_args.teacher_arch lenet5",
     "input_shape": "--model.init_args.input_shape '[1,32,32]'",
     "num_classes": "--model.init_args.num_classes 10",
+}
+#: the same as a stage's arguments in Python, after :data:`~kegnet_pl.errors.FROM_PYTHON` in the message
+TEACHER_ARGUMENTS = {
+    "arch": "teacher_arch='lenet5'",
+    "input_shape": "input_shape=[1, 32, 32]",
+    "num_classes": "num_classes=10",
 }
 
 
@@ -62,13 +68,17 @@ def load_teacher(
             )
         except SpecMissingError as err:  # a KegNet file or a bare state dict: the options that describe it
             flags, them = " ".join(TEACHER_FLAGS[key] for key in err.absent), "them" if len(err.absent) > 1 else "it"
+            arguments = ", ".join(TEACHER_ARGUMENTS[key] for key in err.absent)
             raise CheckpointError(
                 f"{err.path!r} does not say its {', '.join(err.absent)}; give {them}, for example {flags}"
+                f"{FROM_PYTHON}{arguments}"
             ) from err
     if teacher_spec:
         spec = dict(teacher_spec)
         return build_classifier_from_spec(spec).eval(), spec
-    raise ConfigError(f"{stage} needs a teacher: set model.init_args.teacher to the teacher's weights file")
+    raise ConfigError(
+        f"{stage} needs a teacher: give teacher= the teacher's weights file (model.init_args.teacher in a config)"
+    )
 
 
 NOISE_SETTINGS = ("streams", "num_classes", "noise_dim", "label_distribution")

@@ -45,7 +45,9 @@ def check_finite_groups(step: int, epoch: int, groups: dict[str, dict[str, torch
     if all_finite(value for terms in groups.values() for value in terms.values()):
         return
     advice = "training stopped and the last good checkpoint is kept. Resume with --ckpt_path last (from Python: "
-    advice += "trainer.fit(..., ckpt_path=...)), perhaps with a lower --model.lr, or in a wider precision (16-true "
+    advice += (
+        "trainer.fit(..., ckpt_path=...)), perhaps with a lower lr (--model.lr), or in a wider precision (16-true "
+    )
     advice += "overflows easily; 32-true or bf16-mixed do not)"
     for stage, terms in groups.items():
         for name, value in terms.items():

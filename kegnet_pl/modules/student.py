@@ -296,7 +296,8 @@ class StudentModule(TeacherStage):
         if name == "kegnet":
             if loaded is None and (generator_spec is None or teacher_spec is None):
                 raise ConfigError(
-                    "StudentModule needs generators: set model.init_args.generators to a generator checkpoint"
+                    "StudentModule needs generators: give generators= a generator checkpoint "
+                    "(model.init_args.generators in a config)"
                 )
             spec = None
             if loaded is None:
@@ -343,7 +344,8 @@ class StudentModule(TeacherStage):
         if settings is None:
             raise ConfigError(
                 "StudentModule: the strokes source needs the teacher's input values of blank paper and full ink: "
-                "set model.init_args.strokes, e.g. {background: -0.4242, ink: 2.8215} for MNIST's normalisation"
+                "give strokes= (model.init_args.strokes in a config), e.g. {background: -0.4242, ink: 2.8215} for "
+                "MNIST's normalisation"
             )
         if not isinstance(settings, dict):
             raise ConfigError(f"StudentModule: strokes must be a mapping of Strokes settings, got {settings!r}")
@@ -381,8 +383,8 @@ class StudentModule(TeacherStage):
         if teacher_spec:
             return build_classifier_from_spec(teacher_spec), dict(teacher_spec)
         raise ConfigError(
-            "StudentModule needs a teacher: set model.init_args.generators to a generator checkpoint (it holds its "
-            "teacher) or model.init_args.teacher to the teacher's weights file"
+            "StudentModule needs a teacher: give generators= a generator checkpoint (it holds its teacher) or "
+            "teacher= the teacher's weights file (model.init_args.generators or model.init_args.teacher in a config)"
         )
 
     def setup(self, stage: str) -> None:
