@@ -75,6 +75,14 @@ class AtomicSaveConfigCallback(SaveConfigCallback):
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
 
+#: what ``kegnet --help`` says of each subcommand (and ``kegnet SUBCOMMAND --help`` first)
+SUBCOMMAND_HELP = {
+    "fit": "Train a stage (teacher, generators or student) from its config; --ckpt_path last resumes a run.",
+    "validate": "Score a trained stage on its validation data: --ckpt_path FILE, or last for the config's run.",
+    "test": "Score a trained stage on its test data: --ckpt_path FILE, or last for the config's run.",
+}
+
+
 class KegnetCLI(LightningCLI):
     """LightningCLI with kegnet_pl's defaults: atomic checkpoint files, and a new run never writes into a
     folder that holds another run's checkpoints unless ``--overwrite true`` is given. A fit ends with a summary of
@@ -90,6 +98,19 @@ class KegnetCLI(LightningCLI):
         """Lightning's subcommands but ``predict``: no kegnet_pl DataModule has data to predict on (see
         :data:`NO_PREDICT`)."""
         return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
+
+    def _add_subcommands(self, parser, **kwargs: Any) -> None:
+        """Lightning's subcommands, described as what they do to a stage (Lightning's own lines are the first
+        sentence of the Trainer's docstrings, cut mid-sentence for ``test``)."""
+        for subcommand, help_text in SUBCOMMAND_HELP.items():
+            kwargs.setdefault(subcommand, {}).setdefault("description", help_text)
+        super()._add_subcommands(parser, **kwargs)
+        for choice in parser._subcommands_action._choices_actions:
+            choice.help = SUBCOMMAND_HELP.get(choice.dest, choice.help)
+        for subcommand, subparser in self._subcommand_parsers.items():
+            for group in subparser._action_groups:  # the Trainer method's own arguments, titled by its docstring
+                if any("--ckpt_path" in action.option_strings for action in group._group_actions):
+                    group.title = f"Trainer.{subcommand}'s own options"
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(

@@ -29,13 +29,23 @@ def scalar_tags(folder):
     return tags
 
 
-@pytest.mark.parametrize("args", [["--help"], ["fit", "--help"], ["test", "--help"]])
-def test_help(args, capsys):
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--help"], "Score a trained stage on its test data: --ckpt_path FILE, or last for the config's run."),
+        (["fit", "--help"], "Train a stage (teacher, generators or student) from its config; --ckpt_path last resumes"),
+        (["test", "--help"], "Trainer.test's own options: --ckpt_path"),
+    ],
+)
+def test_help(args, says, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run(args)
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "usage:" in out
+    said = " ".join(out.split())  # argparse wraps lines
+    assert says in said
+    assert "never run on your" not in said  # Lightning's own line for test, cut mid-sentence
 
 
 def test_print_config_of_the_shipped_teacher_config(capsys):
