@@ -7,7 +7,9 @@ command prints them as one line and exits non-zero instead of showing a tracebac
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 #: where a message that names ``kegnet`` options goes on with the same settings as Python arguments
 FROM_PYTHON = "; from Python, "
@@ -44,6 +46,15 @@ class ConfigError(KegnetError, ValueError):
 
 class NumericalError(KegnetError, FloatingPointError):
     """A loss became NaN or infinite; training stops and the last good checkpoint is kept."""
+
+
+def run_folder_hint(path: str | os.PathLike) -> str:
+    """For a relative path that was not found: where it was looked for (the shipped configs name their files
+    relative to the repository's root, and a command run elsewhere does not find them)."""
+    if Path(path).is_absolute():
+        return ""
+    where = f"looked for in {os.getcwd()!r}, the folder the command runs in"
+    return f" ({where}; the shipped configs run from the repository root)"
 
 
 def parser_message(err: argparse.ArgumentError) -> str:

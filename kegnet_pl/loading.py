@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from kegnet_pl.atomic import atomic_write
-from kegnet_pl.errors import CheckpointError, KegnetError
+from kegnet_pl.errors import CheckpointError, KegnetError, run_folder_hint
 from kegnet_pl.nets.generators import build_generator
 from kegnet_pl.nets.registry import (
     build_classifier_from_spec,
@@ -52,7 +52,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device | None = 
         todo = "check the path"
         if not path.is_dir() and path.parent.name == "checkpoints":  # another stage's output, not yet written
             todo += " (a stage's checkpoint: run that stage first, as the config's comments say, or give a file)"
-        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist{hint}; {todo}")
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist{hint or run_folder_hint(path)}; {todo}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint file {str(path)!r} is empty (0 bytes); the file was not written completely")
     try:

@@ -53,7 +53,7 @@ from typing import Any
 import yaml
 
 from kegnet_pl.atomic import atomic_write, atomic_write_text
-from kegnet_pl.errors import FROM_PYTHON, ConfigError, KegnetError, parser_message
+from kegnet_pl.errors import FROM_PYTHON, ConfigError, KegnetError, parser_message, run_folder_hint
 
 RESULT = "result.json"
 #: the stage's command-line arguments after its config (``--student_args`` and the like), beside its config.yaml
@@ -103,7 +103,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     """A ``kegnet`` YAML config as a dictionary, with an error that names the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        raise ConfigError(f"config file {str(path)!r} does not exist{run_folder_hint(path)}")
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -1185,7 +1185,7 @@ def read_trainer_preset(path: str) -> dict[str, Any]:
     """A ``configs/trainer/*.yaml`` preset (a ``trainer:`` section only)."""
     path_ = Path(path)
     if not path_.is_file():
-        raise ConfigError(f"trainer preset {path!r} does not exist (see configs/trainer/)")
+        raise ConfigError(f"trainer preset {path!r} does not exist{run_folder_hint(path)} (see configs/trainer/)")
     try:
         preset = yaml.safe_load(path_.read_text()) or {}
     except yaml.YAMLError as err:

@@ -4,7 +4,7 @@ import pathlib
 import pytest
 import torch
 
-from kegnet_pl.errors import CheckpointError
+from kegnet_pl.errors import CheckpointError, ConfigError
 from kegnet_pl.loading import load_classifier, save_classifier
 from kegnet_pl.nets import LeNet5, build_classifier
 
@@ -69,8 +69,23 @@ def test_file_saved_from_cuda_tensors_loads_on_cpu(tmp_path, lenet, monkeypatch)
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(CheckpointError, match=r"checkpoint file '.*nope\.pt' does not exist"):
+    with pytest.raises(CheckpointError, match=r"checkpoint file '.*nope\.pt' does not exist; check the path") as info:
         load_classifier(tmp_path / "nope.pt", arch="lenet5", input_shape=(1, 32, 32), num_classes=10)
+    assert "looked for in" not in str(info.value)  # an absolute path needs no folder
+
+
+def test_missing_relative_file_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """The shipped configs name files relative to the repository's root; run elsewhere, the message says so."""
+    from kegnet_pl.pipeline import read_config
+
+    monkeypatch.chdir(tmp_path)
+    where = f"(looked for in {str(tmp_path)!r}, the folder the command runs in; the shipped configs run from the"
+    with pytest.raises(CheckpointError, match="does not exist") as info:
+        load_classifier("checkpoints/mnist_lenet5.ckpt")
+    assert where in str(info.value)
+    with pytest.raises(ConfigError, match="config file 'configs/mnist/generator.yaml' does not exist") as info:
+        read_config("configs/mnist/generator.yaml")
+    assert where in str(info.value)
 
 
 def test_empty_file(tmp_path):
