@@ -145,13 +145,43 @@ def test_fashion_mnist_flips_only_training_images(tmp_path):
     write_idx_mnist(tmp_path / "FashionMNIST" / "raw")
     data = FashionMNISTDataModule(root=str(tmp_path), in_memory=False)
     data.setup()
-    names = [type(t).__name__ for t in data.train_set.dataset.transform.transforms]
+    names = [type(t).__name__ for t in data.train_set.dataset.dataset.transform.transforms]
     assert names[0] == "RandomHorizontalFlip"
     assert "RandomHorizontalFlip" not in [type(t).__name__ for t in data.test_set.transform.transforms]
     held = FashionMNISTDataModule(root=str(tmp_path))  # in memory: the augmented split stays per image
     held.setup()
-    assert type(held.train_set.dataset.transform.transforms[0]).__name__ == "RandomHorizontalFlip"
+    assert type(held.train_set.dataset.dataset.transform.transforms[0]).__name__ == "RandomHorizontalFlip"
     assert isinstance(held.test_set, torch.utils.data.TensorDataset)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_random_transforms_are_those_of_an_uninterrupted_run_with_any_workers(tmp_path, in_memory):
+    """Each training sample's flip is drawn from the epoch and its index: the same with 0 or 2 loader workers, in
+    the epoch after a resume from the DataModule's saved state, and different from epoch to epoch."""
+    write_idx_mnist(tmp_path / "FashionMNIST" / "raw")
+
+    def fashion(workers):
+        data = FashionMNISTDataModule(root=str(tmp_path), in_memory=in_memory, batch_size=8, num_workers=workers)
+        data.setup()
+        return data
+
+    def epoch(loader):
+        return torch.cat([x for x, _ in loader])
+
+    straight = fashion(0)
+    loader = straight.train_dataloader()
+    first, state, second = epoch(loader), straight.state_dict(), epoch(loader)
+    for workers in (0, 2):
+        torch.manual_seed(workers + 1)  # the random state a resumed process happens to start from
+        resumed = fashion(workers)
+        resumed.load_state_dict(state)
+        assert torch.equal(epoch(resumed.train_dataloader()), second)
+        assert torch.equal(epoch(fashion(workers).train_dataloader()), first)
+    train_set = straight.train_set  # keyed by (index, the epoch's draw): another draw flips other images
+    one, again, other = ([train_set[(i, draw)][0] for i in range(len(train_set))] for draw in (1, 1, 2))
+    assert all(torch.equal(a, b) for a, b in zip(one, again, strict=True))
+    same = [torch.equal(a, b) for a, b in zip(one, other, strict=True)]
+    assert not all(same) and all(s or torch.equal(a.flip(-1), b) for s, a, b in zip(same, one, other, strict=True))
 
 
 @pytest.mark.parametrize(

@@ -47,11 +47,45 @@ class EpochOrder(RandomSampler):
     than an uninterrupted one and went on with other orders. This sampler draws one int64 from ``generator`` before
     each epoch's permutation, as such a loader does without workers, so that the orders are those of a plain shuffled
     loader with ``num_workers`` 0 in every case (the shipped teachers were trained so); the loader takes its base
-    seed from a generator of its own."""
+    seed from a generator of its own.
 
-    def __iter__(self) -> Iterator[int]:
-        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-        yield from super().__iter__()
+    With ``keyed``, for a :class:`SeededTransforms` split, it yields ``(index, draw)``: the index with that int64,
+    from which the sample's random transforms are drawn."""
+
+    def __init__(self, data_source: Any, generator: torch.Generator, keyed: bool = False) -> None:
+        super().__init__(data_source, generator=generator)
+        self.keyed = keyed
+
+    def __iter__(self) -> Iterator[Any]:
+        draw = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
+        if not self.keyed:
+            yield from super().__iter__()
+            return
+        for index in super().__iter__():
+            yield index, draw
+
+
+class SeededTransforms(Dataset):
+    """A training split with random transforms (Fashion-MNIST's flips, CIFAR-10's crops), each sample's drawn from a
+    seed of its own: the epoch's draw of the shuffling generator (:class:`EpochOrder` yields it with the index) and
+    the sample's index. An epoch's augmentation is then the same with any number of loader workers and in a run
+    resumed from a checkpoint, where workers would each go on from a random state of their own and start it afresh
+    on resume. Given a plain index (Lightning's DistributedSampler under DDP), the transforms draw from the random
+    state as it stands, as they would without this wrapper."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Any) -> Any:
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        index, draw = key
+        with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from torch's global random state
+            torch.manual_seed((draw ^ (index * 0x9E3779B97F4A7C15)) & (2**63 - 1))
+            return self.dataset[index]
 
 
 class ClassificationDataModule(LightningDataModule):
@@ -84,7 +118,9 @@ class ClassificationDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=None if shuffle is None else EpochOrder(dataset, generator=shuffle),
+            sampler=None
+            if shuffle is None
+            else EpochOrder(dataset, generator=shuffle, keyed=isinstance(dataset, SeededTransforms)),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),  # the workers' base seed only
@@ -94,8 +130,7 @@ class ClassificationDataModule(LightningDataModule):
         """Shuffled by a generator seeded with ``seed`` that goes on from epoch to epoch; a run resumed from a
         checkpoint goes on from the state the checkpoint saved (:meth:`state_dict`), so that its epochs see the
         orders an uninterrupted run's would (with workers or without: :class:`EpochOrder`; under DDP Lightning's
-        sampler orders them). Random transforms in workers (Fashion-MNIST's flips) restart from their base seed on
-        resume."""
+        sampler orders them), and with the same random transforms (:class:`SeededTransforms`)."""
         self._shuffle = torch.Generator().manual_seed(self.seed)
         if self._shuffle_state is not None:
             self._shuffle.set_state(self._shuffle_state)

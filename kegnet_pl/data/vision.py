@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import datasets, transforms
 
-from kegnet_pl.data.base import ClassificationDataModule
+from kegnet_pl.data.base import ClassificationDataModule, SeededTransforms
 from kegnet_pl.errors import DataNotFoundError
 
 
@@ -139,19 +139,23 @@ class TorchvisionDataModule(ClassificationDataModule):
             train_full = self._open(True, self.train_transform())
             val_full = self._open(True, self.eval_transform())
             train_idx, val_idx = self._split(len(train_full))
-            self.train_set, self.val_set = Subset(train_full, train_idx), Subset(val_full, val_idx)
+            self.train_set, self.val_set = self._augmented(Subset(train_full, train_idx)), Subset(val_full, val_idx)
             self.test_set = self._open(False, self.eval_transform())
             return
         images, labels = self._images(self._open(True, None))
         train_idx, val_idx = self._split(len(images))
         inputs = self._preprocess(images)
         if self.augments:  # random augmentation: the training split stays per image
-            self.train_set = Subset(self._open(True, self.train_transform()), train_idx)
+            self.train_set = self._augmented(Subset(self._open(True, self.train_transform()), train_idx))
         else:
             self.train_set = TensorDataset(inputs[train_idx], labels[train_idx])
         self.val_set = TensorDataset(inputs[val_idx], labels[val_idx])
         images, labels = self._images(self._open(False, None))
         self.test_set = TensorDataset(self._preprocess(images), labels)
+
+    def _augmented(self, train_set: Dataset) -> Dataset:
+        """The training split, its random transforms seeded per epoch and sample (:class:`SeededTransforms`)."""
+        return SeededTransforms(train_set) if self.augments else train_set
 
     def _split(self, n: int) -> tuple[range, range]:
         """Training and validation indices: the last ``val_size`` images (at most a fifth) validate."""
