@@ -83,9 +83,13 @@ class SeededTransforms(Dataset):
         if not isinstance(key, tuple):
             return self.dataset[key]
         index, draw = key
-        with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from torch's global random state
-            torch.manual_seed((draw ^ (index * 0x9E3779B97F4A7C15)) & (2**63 - 1))
+        state = torch.random.default_generator  # torchvision's transforms draw from torch's global random state
+        saved = state.get_state()
+        state.manual_seed((draw ^ (index * 0x9E3779B97F4A7C15)) & (2**63 - 1))  # torch.manual_seed: 50x the time
+        try:
             return self.dataset[index]
+        finally:
+            state.set_state(saved)
 
 
 class ClassificationDataModule(LightningDataModule):
