@@ -1218,8 +1218,7 @@ def run_pipeline(
     threads: int | None = None,
     separate_test: bool = False,
 ) -> Path:
-    """Run the KegNet pipeline: generators, then students, noise baselines and other methods, evaluated on real
-    test data.
+    """Run the KegNet pipeline: generators, students, baselines and other methods, scored on real test data.
 
     Args:
         generator_config: the generator stage's kegnet config (e.g. configs/mnist_subset/generator.yaml).

@@ -430,3 +430,12 @@ def test_students_that_do_not_fit_the_teacher_fail_before_any_stage_runs(tmp_pat
     err = capsys.readouterr().err
     assert "student 'lenet5-s1' cannot be built from the teacher" in err and "(mlp, input shape [64])" in err
     assert "The preset 'lenet5-s1' is for lenet5 networks" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_describes_the_command_in_whole_sentences(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "generators, students, baselines and other methods, scored on real test data:" in said
+    assert "evaluated on real:" not in said  # the docstring's first line, cut where it wrapped
