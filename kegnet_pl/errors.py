@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,14 +27,17 @@ class CheckpointError(KegnetError):
 class DataNotFoundError(KegnetError, FileNotFoundError):
     """A data set is not where the configuration says it is: ``problem`` says what is missing where, ``fixes`` what
     to do, naming the DataModule's options as ``{options}root``: ``--data.init_args.root``, unless the DataModule
-    sits inside another one (:meth:`within`)."""
+    sits inside another one (:meth:`within`), then the same as the DataModule's arguments in Python (``root``)."""
 
     def __init__(self, problem: str, fixes: Sequence[str] = (), options: str = "--data.init_args.") -> None:
         self.problem, self.fixes = problem, tuple(fixes)
         todo = [fix.replace("{options}", options) for fix in self.fixes]
         if len(todo) > 1:
             todo = [", ".join(todo[:-1]) + ", or " + todo[-1]]
-        super().__init__(f"{problem}. {todo[0][:1].upper()}{todo[0][1:]}." if todo else problem)
+        names = dict.fromkeys(re.findall(r"\{options\}(\w+)", " ".join(self.fixes)))
+        arguments = f"argument {''.join(names)}" if len(names) == 1 else f"arguments {' and '.join(names)}"
+        python = f"{FROM_PYTHON}the DataModule's {arguments}" if names else ""
+        super().__init__(f"{problem}. {todo[0][:1].upper()}{todo[0][1:]}{python}." if todo else problem)
 
     def within(self, options: str, *fixes: str) -> DataNotFoundError:
         """The same error for a DataModule whose options are ``{options}root`` etc., with ``fixes`` added."""

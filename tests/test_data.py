@@ -189,7 +189,8 @@ def test_random_transforms_are_those_of_an_uninterrupted_run_with_any_workers(tm
     [(MNISTDataModule, r"MNIST/raw/train-images-idx3-ubyte"), (SVHNDataModule, r"train_32x32\.mat")],
 )
 def test_missing_data_says_where_to_put_the_files(tmp_path, module, expected):
-    with pytest.raises(DataNotFoundError, match=rf"is not in '.*'.*{expected}.*download true"):
+    fix = r"download true; from Python, the DataModule's arguments root and download\.$"
+    with pytest.raises(DataNotFoundError, match=rf"is not in '.*'.*{expected}.*{fix}"):
         module(root=str(tmp_path / "empty")).setup()
 
 
