@@ -71,7 +71,7 @@ class SeededTransforms(Dataset):
     the sample's index. An epoch's augmentation is then the same with any number of loader workers and in a run
     resumed from a checkpoint, where workers would each go on from a random state of their own and start it afresh
     on resume. Given a plain index (Lightning's DistributedSampler under DDP), the transforms draw from the random
-    state as it stands, as they would without this wrapper (so under DDP a resumed run's transforms differ)."""
+    state as it stands, as they would without this wrapper (under DDP with loader workers a resumed run's differ)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
