@@ -22,7 +22,7 @@ import torch
 
 from kegnet_pl.atomic import atomic_write_text
 from kegnet_pl.cli import build_cli
-from kegnet_pl.loading import save_classifier
+from kegnet_pl.loading import read_checkpoint, save_classifier
 from kegnet_pl.modules import TeacherModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def ship(name: str, spec: dict[str, str], workdir: Path, out_folder: Path) -> di
 def same_weights(a: Path, b: Path) -> bool:
     """Whether two weights files hold bit-identical tensors (their sha256 cannot say: the same entries can be laid
     out in a zip container of another size)."""
-    first, second = (torch.load(path, map_location="cpu", weights_only=True)["state_dict"] for path in (a, b))
+    first, second = (read_checkpoint(path)["state_dict"] for path in (a, b))
     return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
 
 

@@ -49,16 +49,12 @@ class EpochOrder(RandomSampler):
     loader with ``num_workers`` 0 in every case (the shipped teachers were trained so); the loader takes its base
     seed from a generator of its own.
 
-    With ``keyed``, for a :class:`SeededTransforms` split, it yields ``(index, draw)``: the index with that int64,
-    from which the sample's random transforms are drawn."""
-
-    def __init__(self, data_source: Any, generator: torch.Generator, keyed: bool = False) -> None:
-        super().__init__(data_source, generator=generator)
-        self.keyed = keyed
+    Over a :class:`SeededTransforms` split it yields ``(index, draw)``: the index with that int64, from which the
+    sample's random transforms are drawn."""
 
     def __iter__(self) -> Iterator[Any]:
         draw = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
-        if not self.keyed:
+        if not isinstance(self.data_source, SeededTransforms):
             yield from super().__iter__()
             return
         for index in super().__iter__():
@@ -122,9 +118,7 @@ class ClassificationDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=None
-            if shuffle is None
-            else EpochOrder(dataset, generator=shuffle, keyed=isinstance(dataset, SeededTransforms)),
+            sampler=None if shuffle is None else EpochOrder(dataset, generator=shuffle),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),  # the workers' base seed only

@@ -106,6 +106,15 @@ def check_data_kind(module: Any, datamodule: Any) -> None:
         )
 
 
+def check_fit_setup(module: Any, stage: str) -> None:
+    """What every stage checks in ``setup`` before a fit: the kind of DataModule (:func:`check_data_kind`) and the
+    checkpoint folder (:func:`check_checkpoint_folder`); nothing outside a fit or without a trainer."""
+    if stage != "fit" or module._trainer is None:
+        return
+    check_data_kind(module, getattr(module.trainer, "datamodule", None))
+    check_checkpoint_folder(module.trainer)
+
+
 def check_checkpoint_folder(trainer: Any) -> None:
     """Refuse to let Lightning write a run's checkpoints into the folder of the shipped teachers (one holding
     ``manifest.json``): a Trainer with ``logger=False`` and no ``default_root_dir`` writes to ``./checkpoints``."""

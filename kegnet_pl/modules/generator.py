@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from kegnet_pl.errors import ConfigError
 from kegnet_pl.losses import classification_loss, decoder_loss, diversity_loss
 from kegnet_pl.modules.base import TeacherStage, load_teacher
-from kegnet_pl.modules.checks import check_checkpoint_folder, check_data_kind, check_finite_groups
+from kegnet_pl.modules.checks import check_finite_groups, check_fit_setup
 from kegnet_pl.nets.ensemble import call_pairs
 from kegnet_pl.nets.generators import Decoder, build_generator
 
@@ -244,9 +244,7 @@ class GeneratorModule(TeacherStage):
         return [self.generators, self.decoders]
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self._trainer is not None:
-            check_data_kind(self, getattr(self.trainer, "datamodule", None))
-            check_checkpoint_folder(self.trainer)
+        check_fit_setup(self, stage)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.trainable_parameters(), lr=self.hparams.lr)

@@ -60,13 +60,7 @@ from kegnet_pl.data.sources import (
 from kegnet_pl.errors import ConfigError
 from kegnet_pl.losses import dfad_discrepancy, distillation_loss
 from kegnet_pl.modules.base import TeacherStage, load_teacher
-from kegnet_pl.modules.checks import (
-    check_checkpoint_folder,
-    check_data_fits,
-    check_data_kind,
-    check_finite,
-    with_lr_schedule,
-)
+from kegnet_pl.modules.checks import check_data_fits, check_finite, check_fit_setup, with_lr_schedule
 from kegnet_pl.nets import build_classifier, build_classifier_from_spec, classifier_names
 
 Shorthand = Literal["kegnet", "uniform", "normal", "strokes", "no-generators"]
@@ -389,9 +383,7 @@ class StudentModule(TeacherStage):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if stage == "fit":  # tests and validation may read a real DataModule directly
-            check_data_kind(self, datamodule)
-            check_checkpoint_folder(self.trainer)
+        check_fit_setup(self, stage)  # tests and validation may read a real DataModule directly
         check_data_fits("StudentModule", self.input_shape, self.num_classes, getattr(datamodule, "eval_data", None))
         self.source.set_rank(self.global_rank)
         strategy = self.trainer.strategy if self._trainer is not None else None

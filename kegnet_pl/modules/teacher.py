@@ -13,10 +13,9 @@ from kegnet_pl.errors import ConfigError
 from kegnet_pl.loading import CheckedLoading, load_classifier
 from kegnet_pl.modules.checks import (
     ResumableRandomness,
-    check_checkpoint_folder,
     check_data_fits,
-    check_data_kind,
     check_finite,
+    check_fit_setup,
     with_lr_schedule,
 )
 from kegnet_pl.nets.registry import build_classifier
@@ -80,9 +79,7 @@ class TeacherModule(ResumableRandomness, CheckedLoading, LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if stage == "fit" and self._trainer is not None:
-            check_data_kind(self, datamodule)
-            check_checkpoint_folder(self.trainer)
+        check_fit_setup(self, stage)
         check_data_fits("TeacherModule", self.hparams.input_shape, self.hparams.num_classes, datamodule)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
